@@ -1,0 +1,54 @@
+# kubequant — developer entry points. Everything runs from a local virtualenv (.venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+TORCH_VERSION ?= 2.13.0
+SRC := kubequant_api operator/kubequant_operator optimizer_job kubequant_localkube
+PYTEST_ARGS ?=
+
+.PHONY: install lint format test test-unit test-integration demo bench crd clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is installed first and pinned, so pip takes the CPU wheel instead of a CUDA build;
+# constraints.txt is the tested, resolved set (pip resolves it in seconds, no backtracking).
+install: $(BIN)/activate
+	$(BIN)/pip install -q torch==$(TORCH_VERSION) -c constraints.txt
+	$(BIN)/pip install -q -e ".[operator,engine,dev]" -c constraints.txt
+	$(BIN)/pip check
+
+crd: install
+	$(PY) -m kubequant_api.crd --write
+
+lint:
+	$(BIN)/black --check --diff --quiet $(SRC) tests
+	$(BIN)/isort --check-only --diff $(SRC) tests
+	$(BIN)/ruff check $(SRC) tests
+	cd . && $(BIN)/mypy --strict $(SRC)
+
+format:
+	$(BIN)/isort $(SRC) tests
+	$(BIN)/black --quiet $(SRC) tests
+	$(BIN)/ruff check --fix $(SRC) tests
+
+test: lint
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
+
+test-unit:
+	$(BIN)/pytest -q -ra tests/unit $(PYTEST_ARGS)
+
+test-integration:
+	$(BIN)/pytest -q -ra tests/integration $(PYTEST_ARGS)
+
+demo:
+	$(PY) -m kubequant_localkube.demo
+
+bench:
+	$(PY) -m tests.performance.run_all
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache build *.egg-info .kubequant-cache bench-results

@@ -1,0 +1,1 @@
+"""kubequant's optimization engine: load, quantize, save, reload, measure, report."""

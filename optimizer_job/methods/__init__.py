@@ -1,0 +1,1 @@
+"""Quantization methods; importing this package registers every one of them."""
