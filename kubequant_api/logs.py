@@ -30,10 +30,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key in _STANDARD or key.startswith("_"):
                 continue
-            if any(h in key.lower() for h in _SECRET_HINTS):
-                value = "***"
+            shown = "***" if any(h in key.lower() for h in _SECRET_HINTS) else value
             out[key] = (
-                value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+                shown if isinstance(shown, (str, int, float, bool, type(None))) else str(shown)
             )
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
