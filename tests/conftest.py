@@ -10,4 +10,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.fixtures.models",
+    "tests.fixtures.storage",
+    "tests.fixtures.observability",
+    "tests.fixtures.cluster",
+    "tests.fixtures.operator",
+]
