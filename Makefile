@@ -14,17 +14,22 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+STAMP := $(VENV)/.kubequant-installed
+
 # torch is installed first and pinned, so pip takes the CPU wheel instead of a CUDA build;
 # constraints.txt is the tested, resolved set (pip resolves it in seconds, no backtracking).
-install: $(BIN)/activate
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/activate
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) -c constraints.txt
 	$(BIN)/pip install -q -e ".[operator,engine,dev]" -c constraints.txt
 	$(BIN)/pip check
+	touch $(STAMP)
 
-crd: install
+install: $(STAMP)
+
+crd: $(STAMP)
 	$(PY) -m kubequant_api.crd --write
 
-lint:
+lint: $(STAMP)
 	$(BIN)/black --check --diff --quiet $(SRC) tests
 	$(BIN)/isort --check-only --diff $(SRC) tests
 	$(BIN)/ruff check $(SRC) tests
@@ -38,16 +43,16 @@ format:
 test: lint
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
-test-unit:
+test-unit: $(STAMP)
 	$(BIN)/pytest -q -ra tests/unit $(PYTEST_ARGS)
 
-test-integration:
+test-integration: $(STAMP)
 	$(BIN)/pytest -q -ra tests/integration $(PYTEST_ARGS)
 
-demo:
+demo: $(STAMP)
 	$(PY) -m kubequant_localkube.demo
 
-bench:
+bench: $(STAMP)
 	$(PY) -m tests.performance.run_all
 
 clean:
