@@ -32,9 +32,14 @@ class RunContext:
     method: str | None = None
 
     def log_extra(self) -> dict[str, Any]:
+        """Context for ``logging``'s ``extra=``.
+
+        The object's name goes under ``object_name``: ``name`` is a reserved LogRecord
+        attribute (``logger.info(..., extra={"name": ...})`` raises KeyError).
+        """
         return {
             "namespace": self.namespace,
-            "name": self.name,
+            "object_name": self.name,
             "generation": self.generation,
             "method": self.method,
         }
@@ -66,3 +71,10 @@ class CompositeReporter:
     def finish(self, exit_code: ExitCode, summary: dict[str, Any]) -> None:
         for r in self.reporters:
             r.finish(exit_code, summary)
+
+    def close(self) -> None:
+        """Release what the reporters hold (metrics server, API clients); idempotent."""
+        for r in self.reporters:
+            close = getattr(r, "close", None)
+            if callable(close):
+                close()
