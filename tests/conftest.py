@@ -16,4 +16,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.observability",
     "tests.fixtures.cluster",
     "tests.fixtures.operator",
+    "tests.fixtures.tools",
 ]

@@ -1,0 +1,103 @@
+{{/* Chart name, overridable. */}}
+{{- define "kubequant.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: release-chart, or the release name when it already holds the chart name. */}}
+{{- define "kubequant.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubequant.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels of the operator pod. */}}
+{{- define "kubequant.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubequant.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* Labels of every object the chart renders. */}}
+{{- define "kubequant.labels" -}}
+helm.sh/chart: {{ include "kubequant.chart" . }}
+{{ include "kubequant.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubequant
+{{- end -}}
+
+{{- define "kubequant.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kubequant.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* repository:tag or repository@digest; the tag defaults to appVersion. */}}
+{{- define "kubequant.imageRef" -}}
+{{- $image := index . 0 -}}
+{{- $root := index . 1 -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The cluster role name; cluster-scoped, so it carries the release namespace. */}}
+{{- define "kubequant.clusterRoleName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "kubequant.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The rules the operator needs in every namespace it watches (kept in one place for the
+ClusterRole and the per-namespace Roles). Each verb is one the operator calls; a test
+compares them with the calls recorded by the local control plane.
+*/}}
+{{- define "kubequant.namespacedRules" -}}
+- apiGroups: ["kubequant.io"]
+  resources: ["modeloptimizations"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["kubequant.io"]
+  resources: ["modeloptimizations/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create"]
+# Existence checks only: `get` answers whether a credentials Secret / PVC exists. No list or
+# watch, so Secrets cannot be enumerated; the operator never reads their data.
+- apiGroups: [""]
+  resources: ["secrets", "persistentvolumeclaims"]
+  verbs: ["get"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* Cluster-scoped reads kopf needs whatever the scope: the CRD. */}}
+{{- define "kubequant.clusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}
