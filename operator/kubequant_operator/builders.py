@@ -1,0 +1,447 @@
+"""Pure functions: a ModelOptimization (object + parsed spec) and settings -> child manifests.
+
+Nothing here does I/O. The layout is the contract in ``docs/architecture.md``: one Job per
+(object, generation) with a deterministic name, and a ServiceAccount, Role and RoleBinding
+named like the Job that let the engine patch exactly its own object's status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from kubequant_api.constants import (
+    API_VERSION,
+    ENV_OBJECT_GENERATION,
+    ENV_OBJECT_NAME,
+    ENV_OBJECT_NAMESPACE,
+    ENV_OBJECT_UID,
+    GENERATION_LABEL,
+    GROUP,
+    KIND,
+    KUEUE_QUEUE_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    OWNER_NAME_LABEL,
+    OWNER_UID_LABEL,
+    PLURAL,
+    ExitCode,
+)
+from kubequant_api.models import ModelOptimizationSpec
+from kubequant_operator.settings import Settings
+
+CONTAINER_NAME = "engine"
+ENGINE_COMMAND = ["python", "-m", "optimizer_job", "run-in-cluster"]
+ENGINE_UID = 65532
+WORK_DIR = "/scratch"
+TMP_DIR = "/tmp"
+SHM_DIR = "/dev/shm"
+CACHE_DIR = "/cache"
+HF_HOME = "/cache/hf"
+PVC_MOUNT_ROOT = "/mnt/kubequant/pvc"
+TERMINATION_LOG = "/dev/termination-log"
+NAME_MAX = 63
+LABEL_VALUE_MAX = 63
+# The full owner name (label values stop at 63 characters; object names may be longer).
+OWNER_NAME_ANNOTATION = "kubequant.io/owner-name"
+APP_NAME_LABEL = "app.kubernetes.io/name"
+APP_NAME_VALUE = "kubequant-engine"
+JOB_NAME_SUFFIX = re.compile(r"-g(\d+)-[0-9a-f]{4}$")
+
+Manifest = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- names
+
+
+def job_name(namespace: str, name: str, uid: str, generation: int) -> str:
+    """``<name, truncated>-g<generation>-<4 hex>``, at most 63 characters, deterministic."""
+    digest = hashlib.sha256(f"{namespace}/{name}/{uid}/{generation}".encode()).hexdigest()[:4]
+    suffix = f"-g{generation}-{digest}"
+    head = name[: NAME_MAX - len(suffix)].rstrip("-.")
+    return f"{head}{suffix}"
+
+
+def label_value(value: str) -> str:
+    """``value`` when it is a valid label value, else a shortened one with a hash."""
+    if len(value) <= LABEL_VALUE_MAX:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    return f"{value[: LABEL_VALUE_MAX - 9].rstrip('-._')}-{digest}"
+
+
+def child_labels(namespace: str, name: str, uid: str, generation: int) -> dict[str, str]:
+    """Labels of every child. Never the parent's own labels (GitOps tools would prune)."""
+    del namespace
+    return {
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        APP_NAME_LABEL: APP_NAME_VALUE,
+        OWNER_NAME_LABEL: label_value(name),
+        OWNER_UID_LABEL: uid,
+        GENERATION_LABEL: str(generation),
+    }
+
+
+def owner_reference(name: str, uid: str) -> Manifest:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _identity(obj: Mapping[str, Any]) -> tuple[str, str, str, int]:
+    meta = obj.get("metadata") or {}
+    return (
+        str(meta["namespace"]),
+        str(meta["name"]),
+        str(meta["uid"]),
+        int(meta.get("generation") or 1),
+    )
+
+
+def _child_meta(obj: Mapping[str, Any], kind_name: str) -> Manifest:
+    namespace, name, uid, generation = _identity(obj)
+    return {
+        "name": kind_name,
+        "namespace": namespace,
+        "labels": child_labels(namespace, name, uid, generation),
+        "annotations": {OWNER_NAME_ANNOTATION: name},
+        "ownerReferences": [owner_reference(name, uid)],
+    }
+
+
+def names_for(obj: Mapping[str, Any]) -> str:
+    namespace, name, uid, generation = _identity(obj)
+    return job_name(namespace, name, uid, generation)
+
+
+# --------------------------------------------------------------------------- RBAC
+
+
+def build_service_account(obj: Mapping[str, Any]) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _child_meta(obj, names_for(obj)),
+        "automountServiceAccountToken": True,
+    }
+
+
+def build_role(obj: Mapping[str, Any]) -> Manifest:
+    _, name, _, _ = _identity(obj)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _child_meta(obj, names_for(obj)),
+        "rules": [
+            {
+                "apiGroups": [GROUP],
+                "resources": [f"{PLURAL}/status"],
+                "resourceNames": [name],
+                "verbs": ["get", "patch"],
+            },
+            {
+                "apiGroups": [GROUP],
+                "resources": [PLURAL],
+                "resourceNames": [name],
+                "verbs": ["get"],
+            },
+        ],
+    }
+
+
+def build_role_binding(obj: Mapping[str, Any]) -> Manifest:
+    namespace, *_ = _identity(obj)
+    child = names_for(obj)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _child_meta(obj, child),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": child},
+        "subjects": [{"kind": "ServiceAccount", "name": child, "namespace": namespace}],
+    }
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+def pvc_claim(uri: str | None) -> str | None:
+    """The claim of a ``pvc://claim/path`` URI, else None."""
+    if uri and uri.startswith("pvc://"):
+        claim = uri[len("pvc://") :].split("/", 1)[0]
+        return claim or None
+    return None
+
+
+def referenced_claims(spec: ModelOptimizationSpec) -> dict[str, bool]:
+    """claim -> read-only, for every PVC named by a URI in the spec (output: read-write)."""
+    claims: dict[str, bool] = {}
+    for uri in (spec.model.uri, spec.calibration.dataset_uri, spec.evaluation.dataset_uri):
+        claim = pvc_claim(uri)
+        if claim is not None:
+            claims.setdefault(claim, True)
+    out = pvc_claim(spec.output.uri)
+    if out is not None:
+        claims[out] = False
+    return claims
+
+
+def referenced_claim_fields(spec: ModelOptimizationSpec) -> list[tuple[str, str]]:
+    """(field path, claim) for every pvc:// URI, for messages that name the field."""
+    found: list[tuple[str, str]] = []
+    for field, uri in (
+        ("spec.model.uri", spec.model.uri),
+        ("spec.calibration.datasetUri", spec.calibration.dataset_uri),
+        ("spec.evaluation.datasetUri", spec.evaluation.dataset_uri),
+        ("spec.output.uri", spec.output.uri),
+    ):
+        claim = pvc_claim(uri)
+        if claim is not None:
+            found.append((field, claim))
+    if spec.cache.pvc_name:
+        found.append(("spec.cache.pvcName", spec.cache.pvc_name))
+    return found
+
+
+def referenced_secret_fields(spec: ModelOptimizationSpec) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    if spec.model.credentials_secret:
+        found.append(("spec.model.credentialsSecret", spec.model.credentials_secret))
+    if spec.output.credentials_secret:
+        found.append(("spec.output.credentialsSecret", spec.output.credentials_secret))
+    return found
+
+
+def _volume_name(claim: str) -> str:
+    name = f"pvc-{claim}"
+    if len(name) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(claim.encode()).hexdigest()[:6]
+    return f"{name[: NAME_MAX - 7].rstrip('-')}-{digest}"
+
+
+# --------------------------------------------------------------------------- the Job
+
+
+def gpu_resource_name(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> str:
+    """The spec's gpuResourceName when the user set it, else the operator's default."""
+    raw_resources = ((obj.get("spec") or {}).get("resources")) or {}
+    if raw_resources.get("gpuResourceName"):
+        return spec.resources.gpu_resource_name
+    return s.gpu_resource_name
+
+
+def _env(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> list[Manifest]:
+    namespace, name, uid, generation = _identity(obj)
+    env: list[Manifest] = [
+        {"name": ENV_OBJECT_NAMESPACE, "value": namespace},
+        {"name": ENV_OBJECT_NAME, "value": name},
+        {"name": ENV_OBJECT_UID, "value": uid},
+        {"name": ENV_OBJECT_GENERATION, "value": str(generation)},
+        {"name": "KUBEQUANT_WORK_DIR", "value": WORK_DIR},
+        {"name": "TMPDIR", "value": TMP_DIR},
+        {"name": "HOME", "value": TMP_DIR},
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "KUBEQUANT_PVC_MOUNT_ROOT", "value": PVC_MOUNT_ROOT},
+        {"name": "KUBEQUANT_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "KUBEQUANT_ENGINE_METRICS_PORT", "value": str(s.engine_metrics_port)},
+    ]
+    if s.engine_pushgateway_url:
+        env.append({"name": "KUBEQUANT_PUSHGATEWAY_URL", "value": s.engine_pushgateway_url})
+    del spec
+    return env
+
+
+def _env_from(spec: ModelOptimizationSpec) -> list[Manifest]:
+    secrets: list[str] = []
+    for _, secret in referenced_secret_fields(spec):
+        if secret not in secrets:
+            secrets.append(secret)
+    return [{"secretRef": {"name": secret}} for secret in secrets]
+
+
+def _volumes(spec: ModelOptimizationSpec) -> tuple[list[Manifest], list[Manifest]]:
+    volumes: list[Manifest] = [
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "scratch", "mountPath": WORK_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
+        {"name": "dshm", "mountPath": SHM_DIR},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    if spec.cache.pvc_name:
+        volumes.append(
+            {"name": "cache", "persistentVolumeClaim": {"claimName": spec.cache.pvc_name}}
+        )
+    else:
+        volumes.append({"name": "cache", "emptyDir": {}})
+    for claim, read_only in referenced_claims(spec).items():
+        vol = _volume_name(claim)
+        volumes.append(
+            {"name": vol, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+        )
+        mounts.append(
+            {"name": vol, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": read_only}
+        )
+    return volumes, mounts
+
+
+def _resources(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> Manifest:
+    cpu = spec.resources.cpu or s.default_cpu
+    memory = spec.resources.memory or s.default_memory
+    limits: dict[str, str] = {"cpu": cpu, "memory": memory}
+    requests: dict[str, str] = {"cpu": cpu, "memory": memory}
+    gpus = spec.gpu_count()
+    if gpus > 0:
+        gpu_name = gpu_resource_name(obj, spec, s)
+        limits[gpu_name] = str(gpus)
+        requests[gpu_name] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def build_job(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> Manifest:
+    """The engine's Job for the object's current generation (see docs/architecture.md)."""
+    namespace, name, uid, generation = _identity(obj)
+    child = job_name(namespace, name, uid, generation)
+    meta = _child_meta(obj, child)
+    if spec.queue_name:
+        meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
+    volumes, mounts = _volumes(spec)
+    container: Manifest = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or s.engine_image,
+        "imagePullPolicy": s.engine_image_pull_policy,
+        "command": list(ENGINE_COMMAND),
+        "env": _env(obj, spec, s),
+        "resources": _resources(obj, spec, s),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": ENGINE_UID,
+            "runAsGroup": ENGINE_UID,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    env_from = _env_from(spec)
+    if env_from:
+        container["envFrom"] = env_from
+    if s.engine_metrics_port:
+        container["ports"] = [
+            {"name": "metrics", "containerPort": s.engine_metrics_port, "protocol": "TCP"}
+        ]
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",
+        "serviceAccountName": child,
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": ENGINE_UID,
+            "runAsGroup": ENGINE_UID,
+            "fsGroup": ENGINE_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    res = spec.resources
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.to_api() for t in res.tolerations]
+    if res.affinity:
+        pod_spec["affinity"] = dict(res.affinity)
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    if s.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in s.image_pull_secrets]
+    template_labels = child_labels(namespace, name, uid, generation)
+    job_spec: Manifest = {
+        "backoffLimit": spec.retries,
+        "activeDeadlineSeconds": spec.timeout_seconds,
+        "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER_NAME,
+                        "operator": "In",
+                        "values": [
+                            int(ExitCode.INVALID_SPEC),
+                            int(ExitCode.QUALITY_GATE_FAILED),
+                        ],
+                    },
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+        "template": {
+            "metadata": {
+                "labels": template_labels,
+                "annotations": {OWNER_NAME_ANNOTATION: name},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if spec.queue_name:
+        # Kueue admits the Job by un-suspending it; the operator never sets it back.
+        job_spec["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": job_spec,
+    }
+
+
+def build_children(
+    obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings
+) -> list[Manifest]:
+    """ServiceAccount, Role, RoleBinding, Job, in the order they must be created."""
+    return [
+        build_service_account(obj),
+        build_role(obj),
+        build_role_binding(obj),
+        build_job(obj, spec, s),
+    ]
+
+
+# --------------------------------------------------------------------------- reading children
+
+
+def generation_of_child(child: Mapping[str, Any]) -> int | None:
+    """The object generation a child was made for (label, else the Job name's suffix)."""
+    meta = child.get("metadata") or {}
+    value = (meta.get("labels") or {}).get(GENERATION_LABEL)
+    if value is not None and str(value).isdigit():
+        return int(value)
+    m = JOB_NAME_SUFFIX.search(str(meta.get("name", "")))
+    return int(m.group(1)) if m else None
+
+
+def owner_of_child(child: Mapping[str, Any]) -> str | None:
+    """The owning object's name: annotation, else controller ownerReference, else label."""
+    meta = child.get("metadata") or {}
+    annotated = (meta.get("annotations") or {}).get(OWNER_NAME_ANNOTATION)
+    if annotated:
+        return str(annotated)
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(GROUP + "/"):
+            return str(ref.get("name"))
+    label = (meta.get("labels") or {}).get(OWNER_NAME_LABEL)
+    return str(label) if label else None

@@ -1,0 +1,140 @@
+"""Thin kopf handlers: each one only maps a trigger onto ``Reconciler.reconcile``.
+
+Handlers are registered into a registry made per operator run (``build_registry``), so that
+settings (namespaces, intervals) apply without import-time globals and tests can run several
+operators one after another in one process.
+
+- create / update of ``spec`` / resume of a ModelOptimization -> reconcile (retried on error);
+- watch events of Jobs and Pods labelled ``app.kubernetes.io/managed-by=kubequant`` ->
+  reconcile of the owner (from the child's owner annotation / ownerReference / label);
+- every watch event of a ModelOptimization -> the metrics index (DELETED removes the series);
+- ``periodic_resync``: the level-based safety net, one loop for all objects (a per-object
+  kopf timer would need a finalizer on every object; kubequant uses none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kubequant_api.constants import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
+from kubequant_operator.builders import owner_of_child
+from kubequant_operator.kube import KubeError
+from kubequant_operator.metrics import Metrics, view_of
+from kubequant_operator.reconcile import ReconcileError, Reconciler
+from kubequant_operator.settings import Settings
+
+log = logging.getLogger("kubequant.operator")
+RESOURCE = (GROUP, VERSION, PLURAL)
+JOBS = ("batch", "v1", "jobs")
+PODS = ("v1", "pods")
+CHILD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+KOPF_PREFIX = "kubequant.io"
+RETRY_DELAY_SECONDS = 2.0
+RESYNC_CONCURRENCY = 8
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, s: Settings) -> None:
+    """kopf settings: watch timeouts, no status writes, no finalizers, few events."""
+    kopf_settings.watching.server_timeout = s.watch_server_timeout
+    kopf_settings.watching.client_timeout = s.watch_client_timeout
+    kopf_settings.watching.connect_timeout = s.watch_connect_timeout
+    kopf_settings.networking.request_timeout = s.request_timeout_seconds
+    # kopf's own bookkeeping goes into annotations, never into our .status.
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-spec", ignored_fields=["status", "metadata"]
+    )
+    kopf_settings.persistence.finalizer = f"{KOPF_PREFIX}/finalizer"
+    # The operator posts its own events; kopf only for its own failures.
+    kopf_settings.posting.level = logging.WARNING
+    kopf_settings.posting.reporting_component = "kubequant-operator"
+    kopf_settings.peering.standalone = True
+    kopf_settings.peering.clusterwide = s.clusterwide
+    kopf_settings.watching.label_selectors[JOBS] = CHILD_SELECTOR
+    kopf_settings.watching.label_selectors[PODS] = CHILD_SELECTOR
+
+
+def build_registry(s: Settings, reconciler: Reconciler, metrics: Metrics) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings, s)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if s.kubeconfig:
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    async def run(namespace: str, name: str, retry: bool) -> None:
+        try:
+            await reconciler.reconcile(namespace, name)
+        except ReconcileError as exc:
+            metrics.reconcile_errors.inc()
+            log.warning("reconcile failed: %s", exc, extra={"namespace": namespace, "name": name})
+            if retry:
+                raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_SECONDS) from exc
+
+    @kopf.on.resume(*RESOURCE, registry=registry)
+    @kopf.on.create(*RESOURCE, registry=registry)
+    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
+    async def object_changed(namespace: str | None, name: str, **_: Any) -> None:
+        await run(str(namespace), name, retry=True)
+
+    @kopf.on.event(*RESOURCE, registry=registry)
+    def object_seen(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            meta = body.get("metadata") or {}
+            metrics.index.forget(str(meta.get("namespace")), str(meta.get("name")))
+        else:
+            metrics.index.update(body)
+
+    @kopf.on.event(*JOBS, labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE}, registry=registry)
+    @kopf.on.event(*PODS, labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE}, registry=registry)
+    async def child_changed(body: Mapping[str, Any], namespace: str | None, **_: Any) -> None:
+        owner = owner_of_child(body)
+        if owner and namespace:
+            await run(namespace, owner, retry=False)
+
+    return registry
+
+
+async def periodic_resync(
+    s: Settings, reconciler: Reconciler, metrics: Metrics, stop: asyncio.Event
+) -> None:
+    """Reconcile every known object that is not done, every reconcile interval."""
+    sem = asyncio.Semaphore(RESYNC_CONCURRENCY)
+
+    async def one(namespace: str, name: str) -> None:
+        async with sem:
+            try:
+                await reconciler.reconcile(namespace, name)
+            except ReconcileError as exc:
+                metrics.reconcile_errors.inc()
+                log.warning("resync failed: %s", exc, extra={"namespace": namespace, "name": name})
+
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=s.reconcile_interval_seconds)
+            return
+        except TimeoutError:
+            pass
+        try:
+            objects = await reconciler.kube.list_objects(s.namespaces)
+        except KubeError as exc:
+            metrics.reconcile_errors.inc()
+            log.warning("resync: cannot list objects: %s", exc)
+            continue
+        todo = []
+        for obj in objects:
+            metrics.index.update(obj)
+            view = view_of(obj)
+            if not view.done:
+                todo.append(one(view.namespace, view.name))
+        await asyncio.gather(*todo)

@@ -1,0 +1,119 @@
+"""Entry points: ``kubequant-operator`` (``main``) and in-process ``run_operator``.
+
+``run_operator(settings, stop_flag)`` runs the real kopf operator in the current event loop
+(tests and the local demo use it); ``main()`` is the container's command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from typing import Any
+
+import kopf
+
+from kubequant_api.errors import KubequantError
+from kubequant_api.logs import setup_logging
+from kubequant_operator.handlers import build_registry, periodic_resync
+from kubequant_operator.kube import Kube
+from kubequant_operator.metrics import Metrics
+from kubequant_operator.reconcile import Reconciler
+from kubequant_operator.settings import Settings
+
+log = logging.getLogger("kubequant.operator")
+StopFlag = asyncio.Event | asyncio.Future[Any] | threading.Event
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorRuntime:
+    """One operator: its API client, metrics server, reconciler and kopf registry."""
+
+    def __init__(self, settings: Settings, kube: Kube | None = None) -> None:
+        self.settings = settings
+        self.kube = kube or Kube(settings)
+        self.metrics = Metrics()
+        self.reconciler = Reconciler(settings, self.kube, self.metrics)
+        self.registry = build_registry(settings, self.reconciler, self.metrics)
+        bind = settings.bind_address
+        self.health_port = settings.health_port or free_port(
+            "127.0.0.1" if bind in ("0.0.0.0", "") else bind  # noqa: S104
+        )
+        self.metrics_port: int | None = None
+
+    @property
+    def liveness_endpoint(self) -> str:
+        return f"http://{self.settings.bind_address}:{self.health_port}/healthz"
+
+    async def run(
+        self, stop_flag: StopFlag | None = None, ready_flag: StopFlag | None = None
+    ) -> None:
+        s = self.settings
+        self.metrics_port = self.metrics.serve(s.metrics_port, s.bind_address)
+        stop = asyncio.Event()
+        resync = asyncio.create_task(periodic_resync(s, self.reconciler, self.metrics, stop))
+        log.info(
+            "kubequant operator starting",
+            extra={
+                "namespaces": ",".join(s.namespaces) or "*",
+                "metrics_port": self.metrics_port,
+                "health_port": self.health_port,
+            },
+        )
+        try:
+            await kopf.operator(
+                registry=self.registry,
+                standalone=True,
+                clusterwide=s.clusterwide,
+                namespaces=list(s.namespaces),
+                liveness_endpoint=self.liveness_endpoint,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+            )
+        finally:
+            stop.set()
+            resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await resync
+            self.metrics.stop()
+            await self.kube.close()
+            log.info("kubequant operator stopped")
+
+
+async def run_operator(
+    settings: Settings,
+    stop_flag: StopFlag | None = None,
+    ready_flag: StopFlag | None = None,
+) -> None:
+    """Run the operator in this event loop until ``stop_flag`` is set (or a signal)."""
+    await OperatorRuntime(settings).run(stop_flag=stop_flag, ready_flag=ready_flag)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kubequant-operator",
+        description="The kubequant operator. Configured by KUBEQUANT_* environment variables "
+        "and the YAML file named by KUBEQUANT_CONFIG_FILE.",
+    )
+    parser.parse_args(argv)
+    try:
+        settings = Settings.load()
+    except KubequantError as exc:
+        setup_logging("operator")
+        log.error("invalid configuration: %s", exc)
+        return 2
+    setup_logging("operator", settings.log_level)
+    asyncio.run(run_operator(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,326 @@
+"""The one reconcile every trigger runs: read, decide, act, write status.
+
+``Reconciler.reconcile(namespace, name)`` is idempotent and level-based: it reads the object
+and its children afresh, converges them on the object's current generation and writes the
+operator-owned status with a merge patch of the status subresource. Concurrent triggers for
+one object are serialized and coalesced (a trigger that arrives while a reconcile runs causes
+exactly one more run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from kubequant_api.constants import (
+    OWNER_UID_LABEL,
+    RESULTS_FILE,
+    Phase,
+    Reason,
+)
+from kubequant_api.errors import InvalidSpecError, KubequantError
+from kubequant_api.models import ModelOptimizationSpec, Result, parse_spec
+from kubequant_operator import builders
+from kubequant_operator.checks import compatibility_problem
+from kubequant_operator.kube import Kube, KubeError
+from kubequant_operator.metrics import Metrics
+from kubequant_operator.settings import Settings
+from kubequant_operator.status import (
+    Blocker,
+    Observation,
+    StatusUpdate,
+    compute_status,
+    harvest_from_pods,
+    is_terminal_for_generation,
+    job_finished,
+    parse_time,
+    result_for_generation,
+    result_from_summary,
+)
+
+log = logging.getLogger("kubequant.operator")
+STATUS_CONFLICT_RETRIES = 5
+
+
+class ReconcileError(KubequantError):
+    """A reconcile could not finish (an API error); the trigger retries it."""
+
+
+@dataclass
+class _KeyState:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    requested: int = 0
+    covered: int = 0
+    users: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile did (for tests and logs)."""
+
+    phase: str | None
+    job_name: str | None
+    created: bool = False
+    patched: bool = False
+    deleted_jobs: tuple[str, ...] = ()
+
+
+def read_results_file(output_uri: str, generation: int) -> tuple[Result | None, str]:
+    """``results.json`` beside a file:// output (other schemes are not readable here)."""
+    parsed = urlparse(output_uri)
+    if parsed.scheme != "file":
+        return None, f"{RESULTS_FILE} at {parsed.scheme}:// outputs is not readable by the operator"
+    path = Path(unquote(parsed.path)) / RESULTS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, f"{path} does not exist"
+    except (OSError, ValueError) as exc:
+        return None, f"{path} is not readable JSON ({exc})"
+    if not isinstance(data, dict):
+        return None, f"{path} does not hold a JSON object"
+    result = result_from_summary(data, generation)
+    if result is None:
+        return None, f"{path} holds no result for generation {generation}"
+    return result, ""
+
+
+class Reconciler:
+    def __init__(self, s: Settings, kube: Kube, metrics: Metrics) -> None:
+        self.settings = s
+        self.kube = kube
+        self.metrics = metrics
+        self._keys: dict[tuple[str, str], _KeyState] = {}
+
+    # ------------------------------------------------------------------ serialization
+
+    async def reconcile(self, namespace: str, name: str) -> Outcome | None:
+        """Reconcile one object; None when a concurrent run already covered this trigger."""
+        key = (namespace, name)
+        state = self._keys.setdefault(key, _KeyState())
+        state.requested += 1
+        ticket = state.requested
+        state.users += 1
+        try:
+            async with state.lock:
+                if state.covered >= ticket:
+                    return None
+                before = state.covered
+                state.covered = state.requested
+                started = time.perf_counter()
+                self.metrics.reconciles.inc()
+                try:
+                    return await self._reconcile(namespace, name)
+                except BaseException:
+                    state.covered = before  # the triggers queued behind must run themselves
+                    raise
+                finally:
+                    self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+        finally:
+            state.users -= 1
+            if state.users == 0:
+                self._keys.pop(key, None)
+
+    # ------------------------------------------------------------------ the work
+
+    async def _reconcile(self, namespace: str, name: str) -> Outcome | None:
+        for _ in range(STATUS_CONFLICT_RETRIES):
+            try:
+                return await self._reconcile_once(namespace, name)
+            except KubeError as exc:
+                if exc.conflict:
+                    continue  # the object changed under us: read it again
+                raise ReconcileError(f"{namespace}/{name}: {exc}") from exc
+        raise ReconcileError(f"{namespace}/{name}: status kept conflicting; retrying later")
+
+    async def _reconcile_once(self, namespace: str, name: str) -> Outcome | None:
+        obj = await self.kube.get_object(namespace, name)
+        if obj is None:
+            self.metrics.index.forget(namespace, name)
+            return None
+        meta = obj.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return None  # children go by ownerReference garbage collection
+        generation = int(meta.get("generation") or 1)
+        uid = str(meta.get("uid"))
+        extra = {"namespace": namespace, "name": name, "generation": generation}
+
+        spec: ModelOptimizationSpec | None = None
+        blocker: Blocker | None = None
+        try:
+            spec = parse_spec(obj.get("spec") or {})
+            problem = compatibility_problem(spec)
+            if problem is not None:
+                raise problem
+        except InvalidSpecError as exc:
+            blocker = Blocker(Reason.INVALID_SPEC, str(exc), terminal=True)
+            spec = None
+        if spec is not None:
+            extra["method"] = str(spec.method)
+
+        jobs = await self.kube.list("batch/v1", "Job", namespace, {OWNER_UID_LABEL: uid})
+        current_name = builders.job_name(namespace, name, uid, generation)
+        job = next((j for j in jobs if j["metadata"]["name"] == current_name), None)
+        deleted: list[str] = []
+        for other in jobs:
+            other_name = other["metadata"]["name"]
+            if other_name == current_name or job_finished(other) is not None:
+                continue
+            # A Job of an older generation (or one our own suspend must stop).
+            if await self.kube.delete("batch/v1", "Job", namespace, other_name):
+                deleted.append(other_name)
+                log.info(
+                    "stopped the Job of an older generation", extra={**extra, "job": other_name}
+                )
+        created = False
+        if spec is not None and spec.suspend:
+            if job is not None and job_finished(job) is None:
+                await self.kube.delete("batch/v1", "Job", namespace, current_name)
+                deleted.append(current_name)
+                log.info("suspended: stopped the Job", extra={**extra, "job": current_name})
+            job = None
+        elif spec is not None and job is None:
+            if is_terminal_for_generation(obj):
+                # This generation already ended; its Job may be gone (TTL). Never rerun it.
+                self.metrics.index.update(obj)
+                return Outcome(phase=(obj.get("status") or {}).get("phase"), job_name=None)
+            blocker = await self._missing_references(namespace, spec)
+            if blocker is None:
+                job = await self._create_children(obj, spec)
+                created = True
+                log.info("created the engine's Job", extra={**extra, "job": current_name})
+
+        pods: list[dict[str, Any]] = []
+        harvested: Result | None = None
+        note = ""
+        if job is not None:
+            pods = await self.kube.list(
+                "v1",
+                "Pod",
+                namespace,
+                {OWNER_UID_LABEL: uid, "kubequant.io/generation": str(generation)},
+            )
+            if job_finished(job) is not None and result_for_generation(obj, generation) is None:
+                harvested = harvest_from_pods(pods, generation)
+                if harvested is None and spec is not None:
+                    harvested, note = await asyncio.to_thread(
+                        read_results_file, spec.output.uri, generation
+                    )
+        now = datetime.now(UTC)
+        update = compute_status(
+            Observation(
+                obj=obj,
+                spec=spec,
+                job=job,
+                pods=pods,
+                blocker=blocker,
+                harvested=harvested,
+                harvest_note=note,
+            ),
+            self.settings,
+            now,
+        )
+        patched = False
+        if update.patch is not None:
+            new_obj = await self.kube.patch_status(
+                namespace, name, update.patch, meta.get("resourceVersion")
+            )
+            patched = True
+            self._count_run(obj, update, now)
+            log.info(
+                "status: %s (%s)",
+                update.phase,
+                update.status.get("message"),
+                extra={**extra, "phase": update.phase},
+            )
+            if new_obj:
+                self.metrics.index.update(new_obj)
+        if created:
+            await self._event(obj, "Normal", Reason.JOB_CREATED, f"created Job {current_name}")
+        for ev in update.events:
+            await self._event(obj, ev.type, ev.reason, ev.message)
+        return Outcome(
+            phase=update.phase,
+            job_name=current_name if job is not None else None,
+            created=created,
+            patched=patched,
+            deleted_jobs=tuple(deleted),
+        )
+
+    async def _missing_references(
+        self, namespace: str, spec: ModelOptimizationSpec
+    ) -> Blocker | None:
+        """Secrets and PVCs the spec names must exist (existence only; data never read)."""
+        for fld, secret in builders.referenced_secret_fields(spec):
+            if not await self.kube.exists("v1", "Secret", namespace, secret):
+                return Blocker(
+                    Reason.CREDENTIALS_MISSING,
+                    f"{fld}: Secret {secret!r} not found in namespace {namespace}",
+                    terminal=False,
+                )
+        for fld, claim in builders.referenced_claim_fields(spec):
+            if not await self.kube.exists("v1", "PersistentVolumeClaim", namespace, claim):
+                return Blocker(
+                    Reason.INVALID_SPEC,
+                    f"{fld}: PersistentVolumeClaim {claim!r} not found in namespace {namespace}",
+                    terminal=False,
+                )
+        return None
+
+    async def _create_children(
+        self, obj: Mapping[str, Any], spec: ModelOptimizationSpec
+    ) -> dict[str, Any]:
+        """SA, Role, RoleBinding, then the Job; "already exists" is success."""
+        job: dict[str, Any] | None = None
+        for manifest in builders.build_children(obj, spec, self.settings):
+            try:
+                made = await self.kube.create(manifest)
+            except KubeError as exc:
+                if not exc.conflict:
+                    raise
+                meta = manifest["metadata"]
+                made = (
+                    await self.kube.get(
+                        manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
+                    )
+                    or {}
+                )
+                if not made:
+                    raise  # a 409 for something that does not exist: retry later
+            if manifest["kind"] == "Job":
+                job = made or manifest
+        assert job is not None
+        return job
+
+    async def _event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        try:
+            await self.kube.post_event(obj, kind, reason, message)
+        except KubeError as exc:
+            meta = obj.get("metadata") or {}
+            log.warning(
+                "could not post an event: %s",
+                exc,
+                extra={"namespace": meta.get("namespace"), "name": meta.get("name")},
+            )
+
+    def _count_run(self, obj: Mapping[str, Any], update: StatusUpdate, now: datetime) -> None:
+        old_phase = (obj.get("status") or {}).get("phase")
+        old_gen = (obj.get("status") or {}).get("observedGeneration")
+        new_phase = update.phase
+        if new_phase not in (Phase.SUCCEEDED, Phase.FAILED):
+            return
+        if old_phase == new_phase and old_gen == update.status.get("observedGeneration"):
+            return
+        self.metrics.runs.labels(result=str(new_phase).lower()).inc()
+        start = parse_time(update.status.get("startTime"))
+        end = parse_time(update.status.get("completionTime")) or now
+        if start is not None:
+            self.metrics.run_duration.observe(max((end - start).total_seconds(), 0.0))
