@@ -312,5 +312,13 @@ class KubeStatusReporter:
             self._write("result", value)
 
     def finish(self, exit_code: ExitCode, summary: dict[str, Any]) -> None:
+        """Write the last throttled progress. Never raises: on a stale run it does nothing
+        (the pipeline may call finish while handling the StaleRunError itself)."""
         with self._lock:
-            self._flush()
+            if self.stale is not None:
+                self._pending = None
+                return
+            try:
+                self._flush()
+            except StaleRunError:
+                return

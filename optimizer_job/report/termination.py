@@ -2,9 +2,10 @@
 
 The kubelet keeps at most 4 KiB of ``terminationMessagePath``; the operator harvests the
 result from it when ``status.result`` is missing. ``compact_summary`` shrinks a summary
-deterministically until it fits: long strings are cut, candidate entries lose their
-details, candidates are dropped from the end (their count is kept in ``candidatesOmitted``),
-then ``plan`` is dropped; a shrunk summary carries ``"truncated": true``.
+deterministically until it fits: long strings are cut and floats rounded to 6 digits,
+candidate entries lose their details, candidates are dropped from the end (their count is
+kept in ``candidatesOmitted``), then ``plan`` is dropped; identifiers (``outputDigest``,
+``outputUri``, ``method``...) are never cut. A shrunk summary carries ``"truncated": true``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ _LAST_RESORT_KEYS = (
     "outputDigest",
     "result",
 )
+# Identifiers that are useless when cut: kept whole unless absurdly long.
+_KEEP_WHOLE = ("outputDigest", "outputUri", "method", "qualityGate", "reason")
+_KEEP_WHOLE_MAX = 512
 _ELLIPSIS = "..."
 
 Json = Any
@@ -54,13 +58,25 @@ def _encode(data: Json) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=True, default=str).encode()
 
 
-def _cut_strings(data: Json, limit: int) -> Json:
+def _cut_strings(data: Json, limit: int, key: str | None = None) -> Json:
     if isinstance(data, str):
-        return data if len(data) <= limit else data[: max(0, limit - len(_ELLIPSIS))] + _ELLIPSIS
+        if len(data) <= limit or (key in _KEEP_WHOLE and len(data) <= _KEEP_WHOLE_MAX):
+            return data
+        return data[: max(0, limit - len(_ELLIPSIS))] + _ELLIPSIS
     if isinstance(data, Mapping):
-        return {k: _cut_strings(v, limit) for k, v in data.items()}
+        return {k: _cut_strings(v, limit, k) for k, v in data.items()}
     if isinstance(data, list):
-        return [_cut_strings(v, limit) for v in data]
+        return [_cut_strings(v, limit, key) for v in data]
+    return data
+
+
+def _round_floats(data: Json) -> Json:
+    if isinstance(data, float):
+        return float(f"{data:.6g}")
+    if isinstance(data, Mapping):
+        return {k: _round_floats(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_round_floats(v) for v in data]
     return data
 
 
@@ -129,10 +145,10 @@ def compact_summary(
         return {**d, "truncated": True} if isinstance(d, Mapping) else d
 
     steps: list[Callable[[Json], Json]] = [
-        lambda d: _cut_strings(d, 512),
-        lambda d: _cut_strings(d, 128),
+        lambda d: _round_floats(_cut_strings(d, 512)),
         _essential_candidates,
-        lambda d: _cut_strings(d, 48),
+        lambda d: _cut_strings(d, 256),
+        lambda d: _cut_strings(d, 128),
     ]
     data = marked(data)
     for step in steps:
@@ -147,10 +163,11 @@ def compact_summary(
             return encoded
         if not dropped:
             break
-    data = _drop_key(data, "plan")
-    encoded = _encode(data)
-    if len(encoded) < limit:
-        return encoded
+    for step in (lambda d: _cut_strings(d, 48), lambda d: _drop_key(d, "plan")):
+        data = step(data)
+        encoded = _encode(data)
+        if len(encoded) < limit:
+            return encoded
     data = marked(_last_resort(_cut_strings(data, 32)))
     encoded = _encode(data)
     if len(encoded) < limit:
