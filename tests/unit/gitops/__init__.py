@@ -1,0 +1,1 @@
+"""Tests of the GitOps integration (deploy/, Argo CD health check)."""
