@@ -1,0 +1,333 @@
+"""Measuring a model: the original once (the reference), then each artifact reloaded from disk.
+
+Every figure of an artifact comes from :func:`evaluate_artifact`, which loads the artifact
+directory as written (``modeling.load_artifact``) — never the in-memory model a method built.
+Outputs that are not finite, or an artifact that does not load, fail the quality gate.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import re
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kubequant_api.constants import GateVerdict, Task
+from kubequant_api.errors import InvalidSpecError
+from kubequant_api.models import Measurements, QualityGate
+from optimizer_job.methods.base import InferenceModel
+
+log = logging.getLogger(__name__)
+
+GATE_FIELD = "spec.evaluation.qualityGate"
+WARMUP_RUNS = 2
+# Bound on the logits buffer of one evaluation batch (causal LMs with large vocabularies).
+LOGITS_BUDGET_BYTES = 256 * 1024 * 1024
+
+_GATE_TASKS: dict[str, tuple[Task, ...]] = {
+    "maxPerplexityIncreasePercent": (Task.CAUSAL_LM,),
+    "minCosineSimilarity": (Task.FEATURE_EXTRACTION,),
+    "minTop1Agreement": (Task.CAUSAL_LM, Task.SEQUENCE_CLASSIFICATION),
+}
+
+
+def check_gate_fits_task(gate: QualityGate | None, task: Task) -> None:
+    """Every bound in the gate must be measurable for ``task`` (else InvalidSpecError)."""
+    if gate is None:
+        return
+    for key, value in gate.to_api().items():
+        if value is not None and task not in _GATE_TASKS[key]:
+            fits = ", ".join(_GATE_TASKS[key])
+            raise InvalidSpecError(
+                f"{GATE_FIELD}.{key}",
+                f"is not measured for {task} models (only for {fits})",
+            )
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Tokenized evaluation texts, shared by the original and every artifact."""
+
+    batches: list[tuple[np.ndarray, np.ndarray]]  # (input_ids, attention_mask), int64
+    bench: tuple[np.ndarray, np.ndarray]  # one sample, for latency
+    tokens: int  # real (unpadded) tokens over all batches
+
+
+def encode(
+    tokenizer: Any, texts: Sequence[str], max_length: int, vocab_size: int | None, task: Task
+) -> Inputs:
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        max_length = min(max_length, limit)
+    batch_size = 8
+    if task == Task.CAUSAL_LM and vocab_size:
+        batch_size = max(1, min(8, LOGITS_BUDGET_BYTES // (max_length * vocab_size * 4)))
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="np",
+        )
+        batches.append(
+            (np.asarray(enc["input_ids"], np.int64), np.asarray(enc["attention_mask"], np.int64))
+        )
+    ids, mask = batches[0]
+    length = int(mask[0].sum())
+    bench = (ids[:1, :length].copy(), mask[:1, :length].copy())
+    return Inputs(batches, bench, int(sum(int(m.sum()) for _, m in batches)))
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) * 1024 if m else None
+
+
+class PeakMemory:
+    """Peak memory added by a block: CUDA max allocated, else the RSS high-water mark.
+
+    On Linux the RSS high-water mark is reset through /proc/self/clear_refs; elsewhere a
+    sampling thread watches the RSS.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak = 0
+        self._start = 0
+        self._hwm = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sampled = 0
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = int(torch.cuda.memory_allocated())
+            return self
+        import psutil
+
+        self._start = int(psutil.Process().memory_info().rss)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._hwm = _status_kb("VmHWM") is not None
+        except OSError:
+            self._hwm = False
+        if not self._hwm:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import psutil
+
+        proc = psutil.Process()
+        while not self._stop.wait(0.005):
+            self._sampled = max(self._sampled, int(proc.memory_info().rss))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device == "cuda":
+            import torch
+
+            self.peak = max(0, int(torch.cuda.max_memory_allocated()) - self._start)
+            return
+        if self._hwm:
+            self.peak = max(0, (_status_kb("VmHWM") or 0) - self._start)
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(0, self._sampled - self._start)
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Outputs:
+    """What evaluation keeps of a model's outputs (small: no full logits)."""
+
+    task: Task
+    finite: bool = True
+    top1: list[np.ndarray] = field(default_factory=list)  # argmax per batch (masked later)
+    embeddings: list[np.ndarray] = field(default_factory=list)  # mean-pooled per batch
+    nll: float = 0.0
+    count: int = 0
+
+    @property
+    def perplexity(self) -> float | None:
+        if self.task != Task.CAUSAL_LM or self.count == 0 or not self.finite:
+            return None
+        value = math.exp(self.nll / self.count)
+        return value if math.isfinite(value) else None
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max(axis=-1, keepdims=True)
+    shifted = x - m
+    out: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return out
+
+
+def _collect(out: Outputs, raw: Any, ids: np.ndarray, mask: np.ndarray) -> None:
+    arr = np.asarray(raw, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        out.finite = False
+    if out.task == Task.FEATURE_EXTRACTION:
+        m = mask[..., None].astype(np.float32)
+        out.embeddings.append((arr * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0))
+        return
+    out.top1.append(arr.argmax(axis=-1))
+    if out.task == Task.CAUSAL_LM and arr.shape[1] > 1:
+        logp = _log_softmax(arr[:, :-1, :])
+        targets = ids[:, 1:]
+        valid = mask[:, 1:].astype(bool)
+        picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        out.nll += float(-picked[valid].sum())
+        out.count += int(valid.sum())
+
+
+@dataclass
+class ModelRun:
+    outputs: Outputs
+    measurements: Measurements
+
+
+def run_model(
+    load: Callable[[], InferenceModel],
+    inputs: Inputs,
+    task: Task,
+    device: str,
+    repeats: int,
+) -> ModelRun:
+    """Load, run every evaluation batch, time the bench input, and free the model."""
+    outputs = Outputs(task)
+    with PeakMemory(device) as peak:
+        model = load()
+        try:
+            for ids, mask in inputs.batches:
+                _collect(outputs, model.forward(ids, mask), ids, mask)
+            ids, mask = inputs.bench
+            for _ in range(WARMUP_RUNS):
+                model.forward(ids, mask)
+            timings = []
+            for _ in range(repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                model.forward(ids, mask)
+                _sync(device)
+                timings.append(time.perf_counter() - t0)
+        finally:
+            model.close()
+            del model
+    gc.collect()
+    latency = statistics.median(timings)
+    measurements = Measurements(
+        latency_ms=round(latency * 1000, 3),
+        tokens_per_second=round(int(mask.sum()) / latency, 2) if latency > 0 else None,
+        perplexity=_round(outputs.perplexity),
+        peak_memory_bytes=peak.peak,
+    )
+    return ModelRun(outputs, measurements)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, digits)
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+@dataclass
+class Comparison:
+    cosine_similarity: float | None = None
+    top1_agreement: float | None = None
+    perplexity_increase_percent: float | None = None
+    finite: bool = True
+
+
+def compare(reference: Outputs, candidate: Outputs, inputs: Inputs) -> Comparison:
+    result = Comparison(finite=candidate.finite)
+    if not candidate.finite:
+        return result
+    if reference.task == Task.FEATURE_EXTRACTION:
+        a = np.concatenate(reference.embeddings).astype(np.float64)
+        b = np.concatenate(candidate.embeddings).astype(np.float64)
+        denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cos = (a * b).sum(axis=1) / np.maximum(denom, 1e-12)
+        result.cosine_similarity = _round(float(cos.mean()))
+        return result
+    agree = total = 0
+    for (_, mask), ref, cand in zip(inputs.batches, reference.top1, candidate.top1, strict=True):
+        if reference.task == Task.CAUSAL_LM:
+            valid = mask.astype(bool)
+            agree += int((ref[valid] == cand[valid]).sum())
+            total += int(valid.sum())
+        else:
+            agree += int((ref == cand).sum())
+            total += int(ref.size)
+    result.top1_agreement = _round(agree / total) if total else None
+    ref_ppl, cand_ppl = reference.perplexity, candidate.perplexity
+    if ref_ppl is not None and cand_ppl is not None:
+        result.perplexity_increase_percent = _round((cand_ppl / ref_ppl - 1.0) * 100.0, 4)
+    elif reference.task == Task.CAUSAL_LM:
+        result.finite = False
+    return result
+
+
+def gate_verdict(
+    gate: QualityGate | None, comparison: Comparison | None
+) -> tuple[GateVerdict, list[str]]:
+    """The gate's verdict and, when Failed, why (one line per failed bound)."""
+    if comparison is None:
+        return GateVerdict.FAILED, ["the artifact could not be reloaded and measured"]
+    if not comparison.finite:
+        return GateVerdict.FAILED, ["the artifact produced non-finite outputs (NaN or inf)"]
+    if gate is None or not gate.requested():
+        return GateVerdict.NOT_REQUESTED, []
+    failures = []
+    checks = (
+        ("maxPerplexityIncreasePercent", gate.max_perplexity_increase_percent,
+         comparison.perplexity_increase_percent, "max"),
+        ("minCosineSimilarity", gate.min_cosine_similarity, comparison.cosine_similarity, "min"),
+        ("minTop1Agreement", gate.min_top1_agreement, comparison.top1_agreement, "min"),
+    )  # fmt: skip
+    for name, bound, value, kind in checks:
+        if bound is None:
+            continue
+        if value is None:
+            failures.append(f"{name}: not measured")
+        elif (kind == "max" and value > bound) or (kind == "min" and value < bound):
+            failures.append(f"{name}: measured {value:.6g}, bound {bound:g}")
+    return (GateVerdict.FAILED if failures else GateVerdict.PASSED), failures

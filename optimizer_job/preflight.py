@@ -1,0 +1,169 @@
+"""``dryRun: true``: check everything a run needs and estimate it; quantize nothing.
+
+The plan (``status.result.plan``) holds the source and output checks, the model's task and
+parameter count, and per candidate: compatibility, expected artifact size, peak memory and
+time estimates. Every problem found is listed under ``errors`` with the field it concerns.
+Estimates are rough by design: parameters x bytes for memory, parameters x a per-method rate
+for time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+from kubequant_api.constants import Task
+from kubequant_api.errors import InvalidSpecError, KubequantError
+from kubequant_api.models import ModelOptimizationSpec
+from optimizer_job.calibration import select_texts
+from optimizer_job.evaluation import check_gate_fits_task
+from optimizer_job.methods.base import IncompatibleError
+from optimizer_job.search import Candidate, check_compatible
+from optimizer_job.settings import EngineSettings
+from optimizer_job.storage import MODEL_FIELD, OUTPUT_FIELD, OutputSink, probe_source, redact
+
+_DTYPE_BYTES: Final = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
+# Seconds per million parameters to quantize (CPU; a GPU is taken as 10x faster).
+_QUANTIZE_S_PER_MPARAM: Final = {"gptq": 0.5, "awq": 0.5, "onnx-int8": 0.3}
+_DEFAULT_QUANTIZE_S_PER_MPARAM: Final = 0.05
+_FLOPS: Final = {"cpu": 2e10, "cuda": 1e13}
+_RUNTIME_OVERHEAD_BYTES: Final = 512 * 1024 * 1024
+_LOAD_BYTES_PER_S: Final = 200e6
+
+
+def task_from_config(config: dict[str, Any]) -> Task:
+    """The task ``modeling.detect_task`` would find, from config.json alone."""
+    names = [str(a) for a in config.get("architectures") or []]
+    if any(a.endswith("ForCausalLM") for a in names):
+        return Task.CAUSAL_LM
+    if any(a.endswith("ForSequenceClassification") for a in names):
+        return Task.SEQUENCE_CLASSIFICATION
+    return Task.FEATURE_EXTRACTION
+
+
+def count_parameters(probe: dict[str, Any]) -> tuple[int, str]:
+    """Parameter count from safetensors headers, else estimated from config.json."""
+    total = 0
+    for header in probe.get("safetensors", {}).values():
+        for name, entry in header.items():
+            if name != "__metadata__" and isinstance(entry, dict):
+                total += math.prod(int(d) for d in entry.get("shape", []))
+    if total:
+        return total, "safetensors headers"
+    cfg = probe.get("config", {})
+    hidden = int(cfg.get("hidden_size") or cfg.get("d_model") or cfg.get("n_embd") or 0)
+    layers = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg.get("num_layers") or 0)
+    inter = int(cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * hidden)
+    vocab = int(cfg.get("vocab_size") or 0)
+    gated = 3 if cfg.get("hidden_act") in ("silu", "swiglu") else 2
+    estimate = vocab * hidden + layers * (4 * hidden * hidden + gated * hidden * inter)
+    if estimate:
+        return estimate, "config.json"
+    weights = sum(s for f, s in probe.get("files", {}).items() if f.endswith((".bin", ".pt")))
+    return weights // 4, "weight file sizes (fp32 assumed)"
+
+
+def _error(field: str, exc: BaseException) -> dict[str, str]:
+    return {"field": getattr(exc, "field", field), "message": getattr(exc, "message", str(exc))}
+
+
+def build_plan(
+    spec: ModelOptimizationSpec,
+    settings: EngineSettings,
+    candidates: list[Candidate],
+    sink: OutputSink,
+    device: str,
+) -> dict[str, Any]:
+    errors: list[dict[str, str]] = []
+    plan: dict[str, Any] = {"device": device, "errors": errors}
+
+    probe: dict[str, Any] | None = None
+    try:
+        probe = probe_source(spec.model.uri, settings)
+        plan["source"] = {
+            "uri": redact(spec.model.uri),
+            "reachable": True,
+            "files": len(probe["files"]),
+            "sizeBytes": sum(probe["files"].values()),
+        }
+    except KubequantError as exc:
+        plan["source"] = {"uri": redact(spec.model.uri), "reachable": False}
+        errors.append(_error(MODEL_FIELD, exc))
+
+    try:
+        checked = sink.check()
+        plan["output"] = {
+            "uri": redact(spec.output.uri),
+            "reachable": True,
+            "writable": True,
+            "existingArtifact": checked["existingComplete"],
+            "overwrite": spec.output.overwrite,
+        }
+    except KubequantError as exc:
+        plan["output"] = {"uri": redact(spec.output.uri), "reachable": False, "writable": False}
+        errors.append(_error(OUTPUT_FIELD, exc))
+
+    needs_cal = any(c.method is not None and c.method.needs_calibration for c in candidates)
+    try:
+        texts = select_texts(spec, settings, needs_calibration=needs_cal)
+        plan["data"] = {
+            "calibrationSamples": len(texts.calibration),
+            "evaluationSamples": len(texts.evaluation),
+            "source": texts.source,
+        }
+    except KubequantError as exc:
+        errors.append(_error("spec.calibration.datasetUri", exc))
+
+    if probe is None:
+        return plan
+    task = (
+        task_from_config(probe["config"]) if spec.model.task == Task.AUTO else Task(spec.model.task)
+    )
+    params, counted_from = count_parameters(probe)
+    fp32_bytes = params * 4
+    plan["model"] = {"task": str(task), "parameters": params, "parametersFrom": counted_from}
+    try:
+        check_gate_fits_task(spec.evaluation.quality_gate, task)
+    except InvalidSpecError as exc:
+        errors.append(_error("spec.evaluation.qualityGate", exc))
+
+    eval_tokens = spec.evaluation.samples * min(spec.calibration.sequence_length, 256)
+    eval_seconds = 2 * (2 * params * eval_tokens) / _FLOPS.get(device, _FLOPS["cpu"])
+    load_seconds = 2 * fp32_bytes / _LOAD_BYTES_PER_S
+    rows = []
+    for cand in candidates:
+        method = cand.method
+        assert method is not None
+        row: dict[str, Any] = {"method": cand.name, "params": cand.params_dict}
+        try:
+            check_compatible(cand, task, device)
+            row["compatible"] = True
+        except IncompatibleError as exc:
+            row["compatible"] = False
+            row["reason"] = exc.message
+            if spec.method != "auto" or len(candidates) == 1:
+                errors.append(_error(cand.field, exc))
+        expected = int(fp32_bytes * method.expected_size_ratio)
+        rate = _QUANTIZE_S_PER_MPARAM.get(cand.name, _DEFAULT_QUANTIZE_S_PER_MPARAM)
+        if device == "cuda":
+            rate /= 10
+        seconds = load_seconds + rate * params / 1e6 + eval_seconds
+        row.update(
+            expectedSizeBytes=expected,
+            expectedCompressionRatio=round(1 / method.expected_size_ratio, 2),
+            estimatedPeakMemoryBytes=int(2 * fp32_bytes + expected + _RUNTIME_OVERHEAD_BYTES),
+            estimatedSeconds=round(seconds, 1),
+            needsCalibration=method.needs_calibration,
+        )
+        rows.append(row)
+    if spec.method == "auto" and rows and not any(r["compatible"] for r in rows):
+        errors.append(
+            {"field": "spec.candidates", "message": "no candidate fits this model and device"}
+        )
+    plan["candidates"] = rows
+    plan["estimatedPeakMemoryBytes"] = max((r["estimatedPeakMemoryBytes"] for r in rows), default=0)
+    plan["estimatedSeconds"] = round(sum(r["estimatedSeconds"] for r in rows), 1)
+    return plan
