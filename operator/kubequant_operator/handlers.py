@@ -20,10 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import kubernetes
 
 from kubequant_api.constants import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
 from kubequant_operator.builders import owner_of_child
-from kubequant_operator.kube import KubeError
+from kubequant_operator.kube import KubeError, load_client_configuration
 from kubequant_operator.metrics import Metrics, view_of
 from kubequant_operator.reconcile import ReconcileError, Reconciler
 from kubequant_operator.settings import Settings
@@ -33,6 +34,7 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 JOBS = ("batch", "v1", "jobs")
 PODS = ("v1", "pods")
 CHILD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+CHILD_LABELS = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 KOPF_PREFIX = "kubequant.io"
 RETRY_DELAY_SECONDS = 2.0
 RESYNC_CONCURRENCY = 8
@@ -59,35 +61,53 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, s: Settings) -> None:
     kopf_settings.watching.label_selectors[PODS] = CHILD_SELECTOR
 
 
+def connection_info(cfg: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same client configuration the reconciler uses."""
+    token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    scheme = None
+    if token and " " in token:
+        scheme, token = token.split(" ", 1)
+    return kopf.ConnectionInfo(
+        server=str(cfg.host),
+        ca_path=cfg.ssl_ca_cert or None,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme,
+        token=token or None,
+        certificate_path=cfg.cert_file or None,
+        private_key_path=cfg.key_file or None,
+        default_namespace=None,
+    )
+
+
 def build_registry(s: Settings, reconciler: Reconciler, metrics: Metrics) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, s)
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        if s.kubeconfig:
-            return kopf.login_with_kubeconfig(**kwargs)
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    @kopf.on.login(id="login", registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(load_client_configuration(s))
 
     async def run(namespace: str, name: str, retry: bool) -> None:
         try:
             await reconciler.reconcile(namespace, name)
         except ReconcileError as exc:
             metrics.reconcile_errors.inc()
-            log.warning("reconcile failed: %s", exc, extra={"namespace": namespace, "name": name})
+            log.warning("reconcile failed: %s", exc, extra={"namespace": namespace, "object": name})
             if retry:
                 raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_SECONDS) from exc
 
-    @kopf.on.resume(*RESOURCE, registry=registry)
-    @kopf.on.create(*RESOURCE, registry=registry)
-    @kopf.on.update(*RESOURCE, field="spec", registry=registry)
+    @kopf.on.resume(*RESOURCE, id="resume", registry=registry)
+    @kopf.on.create(*RESOURCE, id="create", registry=registry)
+    @kopf.on.update(*RESOURCE, field="spec", id="spec-update", registry=registry)
     async def object_changed(namespace: str | None, name: str, **_: Any) -> None:
         await run(str(namespace), name, retry=True)
 
-    @kopf.on.event(*RESOURCE, registry=registry)
+    @kopf.on.event(*RESOURCE, id="index", registry=registry)
     def object_seen(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
         if event.get("type") == "DELETED":
             meta = body.get("metadata") or {}
@@ -95,8 +115,8 @@ def build_registry(s: Settings, reconciler: Reconciler, metrics: Metrics) -> kop
         else:
             metrics.index.update(body)
 
-    @kopf.on.event(*JOBS, labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE}, registry=registry)
-    @kopf.on.event(*PODS, labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE}, registry=registry)
+    @kopf.on.event(*JOBS, labels=CHILD_LABELS, id="job-event", registry=registry)
+    @kopf.on.event(*PODS, labels=CHILD_LABELS, id="pod-event", registry=registry)
     async def child_changed(body: Mapping[str, Any], namespace: str | None, **_: Any) -> None:
         owner = owner_of_child(body)
         if owner and namespace:
@@ -117,7 +137,7 @@ async def periodic_resync(
                 await reconciler.reconcile(namespace, name)
             except ReconcileError as exc:
                 metrics.reconcile_errors.inc()
-                log.warning("resync failed: %s", exc, extra={"namespace": namespace, "name": name})
+                log.warning("resync failed: %s", exc, extra={"namespace": namespace, "object": name})
 
     while not stop.is_set():
         try:

@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 
 from kubequant_api.errors import KubequantError
-from kubequant_api.logs import setup_logging
+from kubequant_api.logs import JsonFormatter, setup_logging
 from kubequant_operator.handlers import build_registry, periodic_resync
 from kubequant_operator.kube import Kube
 from kubequant_operator.metrics import Metrics
@@ -32,6 +32,31 @@ def free_port(address: str = "127.0.0.1") -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind((address, 0))
         return int(sock.getsockname()[1])
+
+
+class OperatorJsonFormatter(JsonFormatter):
+    """JSON lines; kopf's per-object records get namespace/object/kind, minus its settings."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = dict(vars(record))
+        ref = fields.pop("k8s_ref", None)
+        fields.pop("settings", None)
+        fields.pop("k8s_skip", None)
+        if isinstance(ref, dict):
+            fields.setdefault("namespace", ref.get("namespace"))
+            fields.setdefault("object", ref.get("name"))
+            fields.setdefault("kind", ref.get("kind"))
+        return super().format(logging.makeLogRecord(fields))
+
+
+def configure_logging(settings: Settings) -> None:
+    """JSON logs on stderr at the configured level; kopf's chatter only from WARNING."""
+    setup_logging("operator", settings.log_level)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(OperatorJsonFormatter("operator"))
+    if settings.log_level.upper() != "DEBUG":
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 class OperatorRuntime:
@@ -93,7 +118,11 @@ async def run_operator(
     stop_flag: StopFlag | None = None,
     ready_flag: StopFlag | None = None,
 ) -> None:
-    """Run the operator in this event loop until ``stop_flag`` is set (or a signal)."""
+    """Run the operator in this event loop until ``stop_flag`` is set (or a signal).
+
+    Give the operator a loop of its own (a thread with ``asyncio.run``, as the tests and the
+    demo do): when kopf stops, it cancels every task of the loop it did not see at startup.
+    """
     await OperatorRuntime(settings).run(stop_flag=stop_flag, ready_flag=ready_flag)
 
 
@@ -110,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging("operator")
         log.error("invalid configuration: %s", exc)
         return 2
-    setup_logging("operator", settings.log_level)
+    configure_logging(settings)
     asyncio.run(run_operator(settings))
     return 0
 

@@ -151,7 +151,7 @@ class Reconciler:
             return None  # children go by ownerReference garbage collection
         generation = int(meta.get("generation") or 1)
         uid = str(meta.get("uid"))
-        extra = {"namespace": namespace, "name": name, "generation": generation}
+        extra = {"namespace": namespace, "object": name, "generation": generation}
 
         spec: ModelOptimizationSpec | None = None
         blocker: Blocker | None = None
@@ -246,6 +246,8 @@ class Reconciler:
         if created:
             await self._event(obj, "Normal", Reason.JOB_CREATED, f"created Job {current_name}")
         for ev in update.events:
+            if created and ev.reason == Reason.JOB_CREATED:
+                continue  # already told
             await self._event(obj, ev.type, ev.reason, ev.message)
         return Outcome(
             phase=update.phase,
@@ -308,7 +310,7 @@ class Reconciler:
             log.warning(
                 "could not post an event: %s",
                 exc,
-                extra={"namespace": meta.get("namespace"), "name": meta.get("name")},
+                extra={"namespace": meta.get("namespace"), "object": meta.get("name")},
             )
 
     def _count_run(self, obj: Mapping[str, Any], update: StatusUpdate, now: datetime) -> None:

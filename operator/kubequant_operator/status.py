@@ -175,7 +175,8 @@ def result_from_summary(summary: Mapping[str, Any], generation: int) -> Result |
     except ValidationError:
         return None
     if result.generation is None:
-        result.generation = generation
+        outer = summary.get("generation")
+        result.generation = outer if isinstance(outer, int) else generation
     return result if result.generation == generation else None
 
 

@@ -1,0 +1,67 @@
+"""The real kopf operator against the local cluster: Job, per-run RBAC, status, events, metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubequant_localkube.jobs import Outcome
+from tests.fixtures.operator import OperatorHarness, condition, make_object, summary_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_object_runs_to_ready_with_rbac_events_and_metrics(harness: OperatorHarness) -> None:
+    harness.cluster.outcomes["minilm-g1-*"] = Outcome(exit_code=0, message=summary_for(1))
+    await harness.create(make_object(labels={"app.kubernetes.io/instance": "argo-app"}))
+    obj = await harness.wait_condition("minilm", "Ready", status="True", reason="Succeeded")
+    status = obj["status"]
+    uid = obj["metadata"]["uid"]
+    assert status["phase"] == "Succeeded"
+    assert status["observedGeneration"] == 1
+    assert status["result"]["compressionRatio"] == 3.2
+    assert status["result"]["generation"] == 1
+    assert status["attempts"] == 1
+    assert status["startTime"] and status["completionTime"]
+    assert condition(obj, "Reconciling")["status"] == "False"
+    assert condition(obj, "Stalled")["status"] == "False"
+    assert "status" not in (obj["metadata"].get("annotations") or {})
+    assert "kopf" not in status  # kopf keeps its bookkeeping out of our status
+    assert not obj["metadata"].get("finalizers")
+
+    (job,) = await harness.jobs("minilm")
+    job_name = job["metadata"]["name"]
+    assert status["jobName"] == job_name
+    assert job_name.startswith("minilm-g1-")
+    for kind, path in (
+        ("ServiceAccount", f"/api/v1/namespaces/default/serviceaccounts/{job_name}"),
+        ("Role", f"/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/{job_name}"),
+        (
+            "RoleBinding",
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/{job_name}",
+        ),
+        ("Job", f"/apis/batch/v1/namespaces/default/jobs/{job_name}"),
+    ):
+        child = await harness.kube.request("GET", path)
+        assert child["kind"] == kind
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref["uid"] == uid and ref["controller"] is True
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubequant"
+        assert "app.kubernetes.io/instance" not in child["metadata"]["labels"]
+
+    reasons = [(e["type"], e["reason"]) for e in await harness.events("minilm")]
+    assert ("Normal", "JobCreated") in reasons
+    assert ("Normal", "Succeeded") in reasons
+
+    text = harness.scrape_metrics()
+    assert 'kubequant_optimization_compression_ratio{method="torchao-int8-weight",name="minilm"' in text
+    assert 'kubequant_runs_total{result="succeeded"} 1.0' in text
+    assert 'kubequant_optimization_phase{name="minilm",namespace="default",phase="Succeeded"} 1.0' in text
+
+    # deleting the object removes its series (and its children by garbage collection)
+    await harness.delete("minilm")
+    for _ in range(100):
+        if 'name="minilm"' not in harness.scrape_metrics() and not await harness.jobs("minilm"):
+            break
+        await __import__("asyncio").sleep(0.1)
+    assert 'name="minilm"' not in harness.scrape_metrics()
+    assert await harness.jobs("minilm") == []
