@@ -390,7 +390,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _fmt(value: Any, spec: str = ".3g") -> str:
+def _fmt(value: Any, spec: str = ".4g") -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
