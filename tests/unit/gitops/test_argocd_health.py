@@ -37,7 +37,7 @@ def test_a_broken_script_fails_the_runner(tmp_path: Path) -> None:
     """The runner really executes the script (a syntax error surfaces)."""
     bad = tmp_path / "bad.lua"
     bad.write_text(HEALTH_LUA.read_text().replace("return hs\nend", "return hs\nen", 1))
-    with pytest.raises(Exception, match="health.lua"):
+    with pytest.raises(Exception, match=r"health\.lua"):
         run_health(CASES[0]["object"], bad)
 
 
