@@ -20,6 +20,7 @@ finish. Transport errors are logged and swallowed; only StaleRunError escapes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -82,6 +83,22 @@ def _transport_errors() -> tuple[type[Exception], ...]:
     return (_api_exception(), urllib3.exceptions.HTTPError, OSError)
 
 
+def _describe(exc: Exception) -> str:
+    """``HTTP 422 Invalid: <the API server's message>`` for API errors, else the error."""
+    status = getattr(exc, "status", None)
+    if status is None:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    reason = getattr(exc, "reason", None) or type(exc).__name__
+    message = ""
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            message = str(json.loads(body).get("message") or "")
+        except (ValueError, AttributeError):
+            message = str(body)
+    return f"HTTP {status} {reason}: {message}"[:500] if message else f"HTTP {status} {reason}"
+
+
 def check_identity(obj: dict[str, Any], ctx: RunContext) -> None:
     """StaleRunError when ``obj`` is not the object/generation ``ctx`` runs for."""
     meta = obj.get("metadata") or {}
@@ -124,9 +141,7 @@ def load_object(
         status = getattr(exc, "status", None)
         if status == 404:
             raise StaleRunError(f"{namespace}/{name}: the ModelOptimization is gone") from exc
-        raise KubeApiError(
-            f"GET {PLURAL}/{namespace}/{name}: HTTP {status} {getattr(exc, 'reason', '')}"
-        ) from exc
+        raise KubeApiError(f"GET {PLURAL}/{namespace}/{name}: {_describe(exc)}") from exc
     except _transport_errors() as exc:
         raise KubeApiError(f"GET {PLURAL}/{namespace}/{name}: {exc}") from exc
     finally:
@@ -267,10 +282,12 @@ class KubeStatusReporter:
         except KubeApiError as exc:
             log.warning("status.%s not written: %s", field, exc, extra=self.ctx.log_extra())
         except _transport_errors() as exc:
-            status = getattr(exc, "status", None)
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            detail = f"HTTP {status} {reason}" if status is not None else str(exc)
-            log.warning("status.%s not written: %s", field, detail, extra=self.ctx.log_extra())
+            log.warning(
+                "status.%s not written: %s",
+                field,
+                _describe(exc),
+                extra=self.ctx.log_extra(),
+            )
         return False
 
     def _write_progress(self, progress: dict[str, Any], key: tuple[str, str | None]) -> None:

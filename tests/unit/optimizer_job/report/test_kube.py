@@ -249,3 +249,17 @@ def test_replacement_patch_is_rfc7386() -> None:
         "f": {"g": 1},
     }
     assert replacement_patch(None, {"x": 1}) == {"x": 1}
+
+
+def test_api_errors_are_described_with_the_servers_message() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from optimizer_job.report.kube import _describe
+
+    exc = ApiException(status=422, reason="Unprocessable Entity")
+    exc.body = '{"kind":"Status","message":"status.progress.percent: must be <= 100"}'
+    assert _describe(exc) == (
+        "HTTP 422 Unprocessable Entity: status.progress.percent: must be <= 100"
+    )
+    assert _describe(ApiException(status=403, reason="Forbidden")) == "HTTP 403 Forbidden"
+    assert _describe(ConnectionRefusedError(111, "refused")).startswith("ConnectionRefusedError")
