@@ -204,7 +204,7 @@ class LocalCluster:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         async with self.emulator:
-            server = aiohttp.web.Server(self.emulator, handler_cancellation=True)
+            server = aiohttp.web.Server(self.emulator, handler_cancellation=True, access_log=None)
             runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
             await runner.setup()
             site = aiohttp.web.TCPSite(runner, self.host, self.requested_port)

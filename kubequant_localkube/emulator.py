@@ -258,7 +258,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     # ------------------------------------------------------------------ discovery
     def _groups(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for res in self.store.resources():
+        for res in self.store.all_resources():
             versions = out.setdefault(res.group, [])
             if res.version not in versions:
                 versions.append(res.version)
@@ -282,7 +282,9 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [g for g in groups if g]}
 
     def _resource_list(self, group: str, version: str) -> dict[str, Any]:
-        res_list = [r for r in self.store.resources() if r.group == group and r.version == version]
+        res_list = [
+            r for r in self.store.all_resources() if r.group == group and r.version == version
+        ]
         if not res_list:
             raise errors.ApiError(404, "the server could not find the requested resource")
         return {
@@ -302,7 +304,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return sorted(paths)
 
     def _openapi(self, raw: aiohttp.web.BaseRequest, path: str) -> aiohttp.web.StreamResponse:
-        resources = self.store.resources()
+        resources = self.store.all_resources()
         if path == "/openapi/v2":
             if "protobuf" in raw.headers.get("Accept", "") and JSON not in raw.headers.get(
                 "Accept", ""
@@ -339,7 +341,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     ) -> aiohttp.web.StreamResponse:
         q = raw.query
         method = raw.method.upper()
-        watch = q.get("watch") in ("true", "1")
+        watch = (q.get("watch") or "").lower() in ("true", "1")
         if method == "GET":
             verb = "watch" if watch else ("get" if rp.name else "list")
         elif method == "POST":
@@ -472,7 +474,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             return self._json(obj, status=200)
         # deletecollection
         opts = self._delete_options(request, raw)
-        items, _ = self.store.list(res, ns, self._predicate(raw, None))
+        items, _ = self.store.list_objects(res, ns, self._predicate(raw, None))
         deleted = []
         for item in items:
             with contextlib.suppress(errors.ApiError):
@@ -564,7 +566,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     def _list(
         self, raw: aiohttp.web.BaseRequest, res: Resource, ns: str | None, table: bool
     ) -> aiohttp.web.Response:
-        items, rv = self.store.list(res, ns, self._predicate(raw, None))
+        items, rv = self.store.list_objects(res, ns, self._predicate(raw, None))
         meta: Obj = {"resourceVersion": str(rv)}
         limit = int(raw.query.get("limit") or 0)
         start = 0
@@ -710,12 +712,12 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 since = int(since_s or "0")
             except ValueError as exc:
                 raise errors.ApiError(400, f"invalid resourceVersion {since_s!r}") from exc
-        send_initial = q.get("sendInitialEvents") == "true"
+        send_initial = (q.get("sendInitialEvents") or "").lower() == "true"
         if send_initial:
             since = None
         pred = self._predicate(raw, name)
         timeout = float(q.get("timeoutSeconds") or self.max_watch_seconds)
-        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+        bookmarks = (q.get("allowWatchBookmarks") or "").lower() in ("true", "1")
         loop = asyncio.get_running_loop()
         resp = aiohttp.web.StreamResponse(status=200)
         resp.content_type = JSON

@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kubequant_localkube import errors
 from kubequant_localkube.store import Obj, Store, WatchEvent, now_rfc3339
@@ -209,7 +209,7 @@ class JobController:
         self.store.add_listener(self._on_event)
         self._main = asyncio.create_task(self._dispatch())
         jobs = self.store.resource("batch", "v1", "jobs")
-        for job in self.store.list(jobs)[0]:
+        for job in self.store.list_objects(jobs)[0]:
             self._ensure_task(job)
 
     async def stop(self) -> None:
@@ -290,7 +290,7 @@ class JobController:
 
     def _job_pods(self, job: Obj) -> list[Obj]:
         uid = job["metadata"]["uid"]
-        pods, _ = self.store.list(
+        pods, _ = self.store.list_objects(
             self.store.resource("", "v1", "pods"),
             job["metadata"]["namespace"],
             lambda p: any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or []),

@@ -99,7 +99,7 @@ def _component(res: Resource) -> dict[str, Any]:
 
 def v3_group_version(resources: list[Resource], gv_path: str) -> dict[str, Any] | None:
     """The OpenAPI v3 document of one group/version (``apis/g/v`` or ``api/v1``)."""
-    gv_path = gv_path.split("?")[0].strip("/")
+    gv_path = gv_path.split("?", maxsplit=1)[0].strip("/")
     members = [r for r in resources if _gv_path(r) == gv_path]
     if not members:
         return None

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubequant_localkube import admission as admission_mod
-from kubequant_localkube import errors, patching, resources
+from kubequant_localkube import errors, patching
+from kubequant_localkube import resources as res_mod
 
 Obj = dict[str, Any]
 ObjKey = tuple[str | None, str]  # (namespace, name)
@@ -77,28 +78,28 @@ class Store:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._rv = 0
-        self._resources: dict[tuple[str, str, str], resources.Resource] = {}
+        self._resources: dict[tuple[str, str, str], res_mod.Resource] = {}
         self._objects: dict[tuple[str, str], dict[ObjKey, Obj]] = collections.defaultdict(dict)
         self._history: collections.deque[WatchEvent] = collections.deque(maxlen=HISTORY_SIZE)
         self._watchers: list[Watcher] = []
         self._applied: dict[tuple[str, str, str | None, str, str], Obj] = {}
         self.admission = admission_mod.Admission()
         self._listeners: list[Callable[[WatchEvent], None]] = []
-        for res in resources.builtin_resources():
+        for res in res_mod.builtin_resources():
             self.register(res)
         for ns in DEFAULT_NAMESPACES:
             self.create(self.resource("", "v1", "namespaces"), None, {"metadata": {"name": ns}})
 
     # ------------------------------------------------------------------ resources
-    def register(self, res: resources.Resource) -> None:
+    def register(self, res: res_mod.Resource) -> None:
         with self.lock:
             self._resources[(res.group, res.version, res.plural)] = res
 
-    def resources(self) -> list[resources.Resource]:
+    def all_resources(self) -> list[res_mod.Resource]:
         with self.lock:
             return list(self._resources.values())
 
-    def resource(self, group: str, version: str, plural: str) -> resources.Resource:
+    def resource(self, group: str, version: str, plural: str) -> res_mod.Resource:
         with self.lock:
             res = self._resources.get((group, version, plural))
         if res is None:
@@ -108,7 +109,7 @@ class Store:
             )
         return res
 
-    def find_resource(self, name: str) -> resources.Resource | None:
+    def find_resource(self, name: str) -> res_mod.Resource | None:
         """By plural, singular, kind or short name (like kubectl resolves names)."""
         name = name.lower()
         with self.lock:
@@ -125,7 +126,7 @@ class Store:
                 del self._resources[k]
             if crd is None:
                 return
-            for res in resources.resources_from_crd(crd):
+            for res in res_mod.resources_from_crd(crd):
                 self.admission.compile(res)
                 self.register(res)
 
@@ -139,7 +140,7 @@ class Store:
         with self.lock:
             return self._rv
 
-    def _emit(self, res: resources.Resource, etype: str, obj: Obj, old: Obj | None) -> None:
+    def _emit(self, res: res_mod.Resource, etype: str, obj: Obj, old: Obj | None) -> None:
         ns = obj["metadata"].get("namespace")
         event = WatchEvent(self._rv, res.key, ns, etype, copy.deepcopy(obj), old)
         self._history.append(event)
@@ -159,7 +160,7 @@ class Store:
             if fn in self._listeners:
                 self._listeners.remove(fn)
 
-    def _as_version(self, res: resources.Resource, obj: Obj) -> Obj:
+    def _as_version(self, res: res_mod.Resource, obj: Obj) -> Obj:
         out = copy.deepcopy(obj)
         out["apiVersion"] = res.api_version
         out["kind"] = res.kind
@@ -168,7 +169,7 @@ class Store:
     def _ns_exists(self, ns: str) -> bool:
         return (None, ns) in self._objects[("", "namespaces")]
 
-    def _check_scope(self, res: resources.Resource, namespace: str | None) -> str | None:
+    def _check_scope(self, res: res_mod.Resource, namespace: str | None) -> str | None:
         if res.namespaced and not namespace:
             raise errors.ApiError(
                 400,
@@ -180,8 +181,8 @@ class Store:
             )
         return namespace if res.namespaced else None
 
-    def _by_uid(self) -> dict[str, tuple[resources.Resource, Obj]]:
-        out: dict[str, tuple[resources.Resource, Obj]] = {}
+    def _by_uid(self) -> dict[str, tuple[res_mod.Resource, Obj]]:
+        out: dict[str, tuple[res_mod.Resource, Obj]] = {}
         for key, objs in self._objects.items():
             res = self._resource_for_key(key)
             if res is None:
@@ -190,14 +191,14 @@ class Store:
                 out[obj["metadata"]["uid"]] = (res, obj)
         return out
 
-    def _resource_for_key(self, key: tuple[str, str]) -> resources.Resource | None:
+    def _resource_for_key(self, key: tuple[str, str]) -> res_mod.Resource | None:
         for res in self._resources.values():
             if res.key == key:
                 return res
         return None
 
     # ------------------------------------------------------------------ reads
-    def get(self, res: resources.Resource, namespace: str | None, name: str) -> Obj:
+    def get(self, res: res_mod.Resource, namespace: str | None, name: str) -> Obj:
         ns = namespace if res.namespaced else None
         with self.lock:
             obj = self._objects[res.key].get((ns, name))
@@ -205,15 +206,15 @@ class Store:
                 raise errors.not_found(res.plural, res.group, name)
             return self._as_version(res, obj)
 
-    def try_get(self, res: resources.Resource, namespace: str | None, name: str) -> Obj | None:
+    def try_get(self, res: res_mod.Resource, namespace: str | None, name: str) -> Obj | None:
         try:
             return self.get(res, namespace, name)
         except errors.ApiError:
             return None
 
-    def list(
+    def list_objects(
         self,
-        res: resources.Resource,
+        res: res_mod.Resource,
         namespace: str | None = None,
         predicate: Callable[[Obj], bool] | None = None,
     ) -> tuple[list[Obj], int]:
@@ -230,7 +231,7 @@ class Store:
             items = [o for o in items if predicate(o)]
         return items, rv
 
-    def iter_all(self) -> Iterator[tuple[resources.Resource, Obj]]:
+    def iter_all(self) -> Iterator[tuple[res_mod.Resource, Obj]]:
         with self.lock:
             snapshot = [(k, copy.deepcopy(list(v.values()))) for k, v in self._objects.items()]
         for key, objs in snapshot:
@@ -242,7 +243,7 @@ class Store:
     # ------------------------------------------------------------------ writes
     def create(
         self,
-        res: resources.Resource,
+        res: res_mod.Resource,
         namespace: str | None,
         body: Obj,
         *,
@@ -272,9 +273,7 @@ class Store:
             if not meta.get("name"):
                 if meta.get("generateName"):
                     for _ in range(100):
-                        cand = meta["generateName"] + "".join(
-                            random.choices(_NAME_CHARS, k=5)
-                        )  # noqa: S311
+                        cand = meta["generateName"] + "".join(random.choices(_NAME_CHARS, k=5))
                         if (namespace, cand) not in self._objects[res.key]:
                             meta["name"] = cand
                             break
@@ -344,7 +343,7 @@ class Store:
             self._gc()
             return self._as_version(res, obj)
 
-    def _prepare_builtin(self, res: resources.Resource, obj: Obj) -> None:
+    def _prepare_builtin(self, res: res_mod.Resource, obj: Obj) -> None:
         if res.key == ("", "namespaces"):
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj["status"] = {"phase": "Active"}
@@ -385,7 +384,7 @@ class Store:
                 ],
             )
         # Compile every CEL rule now: a CRD with a broken rule is rejected, as by a real server.
-        for res in resources.resources_from_crd(crd):
+        for res in res_mod.resources_from_crd(crd):
             self.admission.compile(res)
         names = dict(names)
         names.setdefault("singular", names.get("kind", "").lower())
@@ -414,7 +413,7 @@ class Store:
 
     def replace(
         self,
-        res: resources.Resource,
+        res: res_mod.Resource,
         namespace: str | None,
         name: str,
         body: Obj,
@@ -464,7 +463,7 @@ class Store:
 
     def patch(
         self,
-        res: resources.Resource,
+        res: res_mod.Resource,
         namespace: str | None,
         name: str,
         patch_type: str,
@@ -502,7 +501,7 @@ class Store:
                     if res.is_custom:
                         raise errors.ApiError(
                             415,
-                            f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
                         )
                     new = patching.strategic_merge_patch(current, patch, custom=res.is_custom)
                 else:
@@ -536,7 +535,7 @@ class Store:
 
     def _apply(
         self,
-        res: resources.Resource,
+        res: res_mod.Resource,
         ns: str | None,
         name: str,
         old: Obj | None,
@@ -581,7 +580,7 @@ class Store:
 
     def _commit_update(
         self,
-        res: resources.Resource,
+        res: res_mod.Resource,
         old: Obj,
         new: Obj,
         subresource: str | None,
@@ -604,12 +603,11 @@ class Store:
             raise errors.ApiError(
                 404, f"the server could not find the requested resource (subresource {subresource})"
             )
-        else:
-            if res.has_status:
-                if "status" in old:
-                    new["status"] = copy.deepcopy(old["status"])
-                else:
-                    new.pop("status", None)
+        elif res.has_status:
+            if "status" in old:
+                new["status"] = copy.deepcopy(old["status"])
+            else:
+                new.pop("status", None)
         nmeta = _meta(new)
         for k in (
             "uid",
@@ -672,7 +670,7 @@ class Store:
 
     def delete(
         self,
-        res: resources.Resource,
+        res: res_mod.Resource,
         namespace: str | None,
         name: str,
         *,
@@ -751,7 +749,7 @@ class Store:
             self._gc()
             return self._as_version(res, new), True
 
-    def _after_removal(self, res: resources.Resource, obj: Obj) -> None:
+    def _after_removal(self, res: res_mod.Resource, obj: Obj) -> None:
         if res.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             removed = [r for r in self._resources.values() if r.crd_name == obj["metadata"]["name"]]
             self._sync_crd(None, obj["metadata"]["name"])
@@ -867,7 +865,7 @@ class Store:
     # ------------------------------------------------------------------ watching
     def subscribe(
         self,
-        res: resources.Resource,
+        res: res_mod.Resource,
         namespace: str | None,
         since: int | None,
         loop: asyncio.AbstractEventLoop,
@@ -931,7 +929,7 @@ class Store:
             return len(self._watchers)
 
 
-def _default_propagation(res: resources.Resource) -> str:
+def _default_propagation(res: res_mod.Resource) -> str:
     # The API's own default for these legacy kinds is to orphan the dependents.
     if res.key in {("batch", "jobs"), ("", "replicationcontrollers")}:
         return "Orphan"
