@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from kubequant_localkube.jobs import Outcome
@@ -48,20 +50,21 @@ async def test_object_runs_to_ready_with_rbac_events_and_metrics(harness: Operat
         assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubequant"
         assert "app.kubernetes.io/instance" not in child["metadata"]["labels"]
 
-    reasons = [(e["type"], e["reason"]) for e in await harness.events("minilm")]
-    assert ("Normal", "JobCreated") in reasons
-    assert ("Normal", "Succeeded") in reasons
+    await harness.wait_event("minilm", "Normal", "JobCreated")
+    await harness.wait_event("minilm", "Normal", "Succeeded")
 
     text = harness.scrape_metrics()
-    assert 'kubequant_optimization_compression_ratio{method="torchao-int8-weight",name="minilm"' in text
+    ratio = 'kubequant_optimization_compression_ratio{method="torchao-int8-weight",name="minilm"'
+    assert ratio in text
     assert 'kubequant_runs_total{result="succeeded"} 1.0' in text
-    assert 'kubequant_optimization_phase{name="minilm",namespace="default",phase="Succeeded"} 1.0' in text
+    phase = 'kubequant_optimization_phase{name="minilm",namespace="default",phase="Succeeded"}'
+    assert f"{phase} 1.0" in text
 
     # deleting the object removes its series (and its children by garbage collection)
     await harness.delete("minilm")
     for _ in range(100):
         if 'name="minilm"' not in harness.scrape_metrics() and not await harness.jobs("minilm"):
             break
-        await __import__("asyncio").sleep(0.1)
+        await asyncio.sleep(0.1)
     assert 'name="minilm"' not in harness.scrape_metrics()
     assert await harness.jobs("minilm") == []
