@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import uuid
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,22 @@ def build_candidates(spec: ModelOptimizationSpec) -> list[Candidate]:
             raise IncompatibleError(field, exc.message) from exc
         out.append(Candidate(index=i, name=name, params=params, field=field, method=method))
     return out
+
+
+def load_original(
+    source_dir: Path, task: Task, device: str, trust_remote_code: bool, uri: str
+) -> Any:
+    """The original model; a model that does not load is a bad spec.model.uri (exit 2)."""
+    try:
+        return modeling.load_original(source_dir, task, device, trust_remote_code)
+    except (KubequantError, MemoryError):
+        raise
+    except Exception as exc:
+        raise InvalidSpecError(
+            "spec.model.uri",
+            f"the model files at {redact(uri)} cannot be loaded "
+            f"({type(exc).__name__}: {str(exc)[:300]})",
+        ) from exc
 
 
 class Pipeline:
@@ -179,7 +196,9 @@ class Pipeline:
 
         self.reporter.stage(Stage.LOADING, 10)
         reference = run_model(
-            lambda: modeling.load_original(source_dir, task, device, spec.model.trust_remote_code),
+            lambda: load_original(
+                source_dir, task, device, spec.model.trust_remote_code, spec.model.uri
+            ),
             inputs,
             task,
             device,

@@ -373,8 +373,15 @@ class OutputSink:
             if not base.is_dir():
                 raise NotADirectoryError(str(base))
             probe = base / name
-            probe.write_bytes(b"probe")
-            probe.unlink()
+            try:
+                probe.write_bytes(b"probe")
+                probe.unlink()
+            except OSError as exc:
+                raise InvalidSpecError(
+                    OUTPUT_FIELD,
+                    f"{redact(self.uri)} is not writable: cannot create files in {base} "
+                    f"({exc.strerror or type(exc).__name__})",
+                ) from exc
             return
         path = self.loc.child(name)
         self.loc.fs.pipe_file(path, b"probe")
