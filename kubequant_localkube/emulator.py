@@ -27,7 +27,7 @@ import attrs
 import kmock
 import yaml
 
-from kubequant_localkube import errors, jsonpath, openapi, selectors
+from kubequant_localkube import errors, jsonpath, openapi, protobuf, selectors
 from kubequant_localkube.resources import Resource
 from kubequant_localkube.store import Obj, Store, WatchEvent
 
@@ -512,7 +512,12 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         any_json: bool = False,
     ) -> Any:
         ctype = raw.headers.get("Content-Type", JSON)
-        if "protobuf" in ctype or "cbor" in ctype:
+        if "protobuf" in ctype:
+            try:
+                return protobuf.decode(request.body)
+            except protobuf.ProtobufError as exc:
+                raise errors.ApiError(415, str(exc), reason="UnsupportedMediaType") from exc
+        if "cbor" in ctype:
             raise errors.ApiError(415, f"unsupported content type {ctype}; use JSON")
         text = request.body.decode("utf-8") if request.body else ""
         if not text.strip():
