@@ -68,3 +68,66 @@ async def test_object_runs_to_ready_with_rbac_events_and_metrics(harness: Operat
         await asyncio.sleep(0.1)
     assert 'name="minilm"' not in harness.scrape_metrics()
     assert await harness.jobs("minilm") == []
+
+
+async def test_kueue_queue_creates_suspended_job_and_operator_never_unsuspends(
+    shared_harness: OperatorHarness,
+) -> None:
+    h = shared_harness
+    h.cluster.outcomes["queued-g1-*"] = Outcome(message=summary_for(1))
+    await h.create(make_object(name="queued", queueName="team-queue"))
+    obj = await h.wait_condition("queued", "Suspended", status="True", reason="Queued")
+    assert obj["status"]["phase"] == "Pending"
+    assert condition(obj, "Reconciling")["status"] == "True"
+    (job,) = await h.jobs("queued")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+    await asyncio.sleep(1.5 * h.settings.reconcile_interval_seconds)
+    (job,) = await h.jobs("queued")
+    assert job["spec"]["suspend"] is True  # the operator leaves admission to Kueue
+    # Kueue admits the workload by un-suspending the Job
+    await h.kube.request(
+        "PATCH",
+        f"/apis/batch/v1/namespaces/default/jobs/{job['metadata']['name']}",
+        {"spec": {"suspend": False}},
+        content_type="application/merge-patch+json",
+    )
+    obj = await h.wait_condition("queued", "Ready", status="True")
+    assert condition(obj, "Suspended")["status"] == "False"
+    (job,) = await h.jobs("queued")
+    assert job["spec"]["suspend"] is False  # and never sets it back
+
+
+async def test_suspend_stops_the_job_and_resume_runs_a_new_one(
+    shared_harness: OperatorHarness,
+) -> None:
+    h = shared_harness
+    h.cluster.outcomes["pausable-g1-*"] = Outcome(duration=60.0)
+    h.cluster.outcomes["pausable-g3-*"] = Outcome(message=summary_for(3))
+    await h.create(make_object(name="pausable"))
+    await h.wait_for("pausable", lambda o: (o.get("status") or {}).get("phase") == "Running")
+    await h.patch_spec("pausable", {"suspend": True})
+    obj = await h.wait_condition("pausable", "Suspended", status="True", reason="Suspended")
+    assert obj["status"]["phase"] == "Pending"
+    assert condition(obj, "Reconciling")["status"] == "False"
+    for _ in range(50):
+        if not await h.jobs("pausable"):
+            break
+        await asyncio.sleep(0.1)
+    assert await h.jobs("pausable") == []
+    await h.wait_event("pausable", "Normal", "Suspended")
+    await h.patch_spec("pausable", {"suspend": False})
+    obj = await h.wait_condition("pausable", "Ready", status="True")
+    assert obj["metadata"]["generation"] == 3
+    assert condition(obj, "Suspended")["status"] == "False"
+    assert [j["metadata"]["name"] for j in await h.jobs("pausable")] == [obj["status"]["jobName"]]
+
+
+async def test_dry_run_still_runs_a_job(shared_harness: OperatorHarness) -> None:
+    h = shared_harness
+    plan = summary_for(1, plan={"estimatedPeakMemoryBytes": 1000, "compatible": True})
+    h.cluster.outcomes["preflight-g1-*"] = Outcome(message=plan)
+    await h.create(make_object(name="preflight", dryRun=True))
+    obj = await h.wait_condition("preflight", "Ready", status="True", reason="DryRunSucceeded")
+    assert obj["status"]["result"]["plan"]["compatible"] is True
+    assert len(await h.jobs("preflight")) == 1
