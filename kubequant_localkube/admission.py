@@ -162,18 +162,16 @@ class Admission:
         body = self._prune_default(schema, body, "", unknown, root=True)
         mode = (field_validation or "Warn").capitalize()
         warnings: list[str] = []
-        if (unknown and subresource is None) or (unknown and subresource == "status"):
-            if mode == "Strict":
-                raise errors.ApiError(
-                    400,
-                    ", ".join(
-                        f".{u}: field not declared in schema" if False else f'unknown field "{u}"'
-                        for u in unknown
-                    ),
-                    reason="BadRequest",
-                )
-            if mode == "Warn":
-                warnings = [f'unknown field "{u}"' for u in unknown]
+        if unknown and mode == "Strict":
+            listed = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise errors.ApiError(
+                400,
+                f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
+                f"strict decoding error: {listed}",
+                reason="BadRequest",
+            )
+        if unknown and mode == "Warn":
+            warnings = [f'unknown field "{u}"' for u in unknown]
         for k in [k for k in obj if k not in ("metadata", "apiVersion", "kind")]:
             del obj[k]
         obj.update(body)
