@@ -67,37 +67,46 @@ ClusterRole and the per-namespace Roles). Each verb is one the operator calls; a
 compares them with the calls recorded by the local control plane.
 */}}
 {{- define "kubequant.namespacedRules" -}}
+# The objects: kopf watches them and keeps its bookkeeping in an annotation (patch);
+# the reconciler reads one (get) and writes its status subresource (patch).
 - apiGroups: ["kubequant.io"]
   resources: ["modeloptimizations"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["kubequant.io"]
   resources: ["modeloptimizations/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
+# The engine's Job per generation: created, watched, read after a create conflict, and
+# deleted when a newer generation or spec.suspend stops it.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# The Job's pods: their state says why a run is pending or failed (and holds the results).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+# The engine's own identity per run (a Role on its object's status only); `get` after a
+# create conflict. The operator can only grant what it holds itself (RBAC escalation check).
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get", "create"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "create"]
-# Existence checks only: `get` answers whether a credentials Secret / PVC exists. No list or
-# watch, so Secrets cannot be enumerated; the operator never reads their data.
+# Existence checks only: `get` (metadata only) answers whether a credentials Secret or a PVC
+# named in a spec exists. No list or watch, so Secrets cannot be enumerated; the operator
+# never reads their data (the kubelet hands the Secret to the engine pod through envFrom).
 - apiGroups: [""]
   resources: ["secrets", "persistentvolumeclaims"]
   verbs: ["get"]
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}
 
 {{/* Cluster-scoped reads kopf needs whatever the scope: the CRD. */}}
 {{- define "kubequant.clusterRules" -}}
+# kopf follows CRDs to learn when its resource appears or changes.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end -}}

@@ -214,7 +214,7 @@ def test_rbac_cluster_wide_by_default() -> None:
     ]
     rules = _rules(role)
     assert ("kubequant.io", "modeloptimizations", "watch") in rules
-    assert ("", "namespaces", "watch") in rules
+    assert ("kubequant.io", "modeloptimizations/status", "patch") in rules
 
 
 def test_rbac_per_watched_namespace() -> None:
@@ -224,8 +224,13 @@ def test_rbac_per_watched_namespace() -> None:
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-team-a", "ml-team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml-team-a", "ml-team-b"]
     cluster = _rules(one(docs, "ClusterRole"))
-    # Cluster-scoped: only reading the CRD; nothing namespaced is granted cluster-wide.
-    assert {r[0] for r in cluster} == {"apiextensions.k8s.io"}
+    # Cluster-scoped: only the CRD and the namespaces; nothing namespaced cluster-wide.
+    assert cluster == {
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
+    }
     assert all(_rules(r) == _rules(roles[0]) for r in roles)
 
 

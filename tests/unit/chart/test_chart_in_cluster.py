@@ -1,0 +1,228 @@
+"""``helm template | kubectl apply -f -`` into the local control plane, then the real operator
+with the settings of the rendered Deployment, one object taken to Ready, and the rendered
+RBAC compared with every API call the operator made (the emulator records them).
+
+The test's own reads and writes go straight to the emulator's store (not over HTTP), so every
+recorded call after the apply is the operator's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.unit.chart.render import NAMESPACE, by_kind, env_of, one, render_text
+
+pytestmark = pytest.mark.integration
+
+Rule = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+Res = tuple[str, str, str]  # (group, version, plural)
+SECRETS: Res = ("", "v1", "secrets")
+PVCS: Res = ("", "v1", "persistentvolumeclaims")
+MOPTS: Res = ("kubequant.io", "v1alpha1", "modeloptimizations")
+
+
+def _rules(role: dict[str, Any]) -> set[Rule]:
+    return {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+def _store_call(cluster: Any, fn: Callable[[], Any]) -> Any:
+    async def run() -> Any:
+        return fn()
+
+    return cluster.run_in_loop(run)
+
+
+class Objects:
+    """Direct (unrecorded) access to the emulator's store from the test."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.store = cluster.store
+
+    def create(self, res: Res, ns: str, body: dict[str, Any]) -> Any:
+        r = self.store.resource(*res)
+        return _store_call(self.cluster, lambda: self.store.create(r, ns, body))
+
+    def merge_patch(self, res: Res, ns: str, name: str, patch: dict[str, Any]) -> Any:
+        r = self.store.resource(*res)
+        return _store_call(
+            self.cluster,
+            lambda: self.store.patch(r, ns, name, "application/merge-patch+json", patch),
+        )
+
+    def mopt(self, ns: str, name: str) -> dict[str, Any] | None:
+        r = self.store.resource(*MOPTS)
+        found: dict[str, Any] | None = _store_call(
+            self.cluster, lambda: self.store.try_get(r, ns, name)
+        )
+        return found
+
+    async def wait_ready(self, ns: str, name: str, generation: int, timeout: float = 40) -> Any:
+        deadline = time.monotonic() + timeout
+        obj: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            obj = self.mopt(ns, name)
+            status = (obj or {}).get("status") or {}
+            ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+            if (
+                status.get("observedGeneration") == generation
+                and ready
+                and ready[0].get("status") == "True"
+            ):
+                return obj
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{ns}/{name} not Ready for generation {generation}: {obj}")
+
+
+def _apply_chart(kubectl: Any, sets: tuple[str, ...], namespaces: list[str]) -> str:
+    for ns in [NAMESPACE, *namespaces]:
+        kubectl("create", "namespace", ns, check=True)
+    manifest = render_text((), sets)
+    out = kubectl("apply", "-f", "-", input=manifest, check=True).stdout
+    return str(out)
+
+
+def _operator_settings(docs: list[dict[str, Any]], kubeconfig: Path) -> Any:
+    """The rendered Deployment's env as settings; only what must differ locally changes."""
+    settings_mod = pytest.importorskip("kubequant_operator.settings")
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    loaded = settings_mod.Settings.load(env=env_of(container))
+    return dataclasses.replace(
+        loaded,
+        kubeconfig=str(kubeconfig),
+        metrics_port=0,
+        health_port=0,
+        bind_address="127.0.0.1",
+        reconcile_interval_seconds=2.0,
+        watch_server_timeout=60,
+        watch_client_timeout=70.0,
+        watch_connect_timeout=5.0,
+    )
+
+
+async def _run_scenario(cluster: Any, settings: Any, ns: str) -> dict[str, Any]:
+    """Secret + PVC + object -> Ready; spec edit while running -> old Job stopped -> Ready."""
+    from kubequant_localkube.jobs import Outcome
+    from kubequant_operator.kube import Kube
+    from tests.fixtures.operator import OperatorHarness, make_object, summary_for
+
+    objects = Objects(cluster)
+    objects.create(SECRETS, ns, {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": ns},
+        "stringData": {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"},
+    })  # fmt: skip
+    objects.create(PVCS, ns, {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models", "namespace": ns},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    })  # fmt: skip
+    # Generation 1 runs long enough to be replaced; generation 2 succeeds.
+    cluster.outcomes["minilm-g1-*"] = Outcome(exit_code=0, message=summary_for(1), duration=60)
+    cluster.outcomes["minilm-g2-*"] = Outcome(exit_code=0, message=summary_for(2))
+    cluster.emulator.clear_calls()
+    # The first Job create conflicts: the operator reads what exists and retries, so the
+    # conflict path (get on each child) runs too.
+    cluster.emulator.inject_failures("create", "jobs", count=1, status=409)
+
+    harness = OperatorHarness(cluster=cluster, settings=settings, kube=Kube(settings))
+    await harness.start_operator()
+    try:
+        body = make_object(namespace=ns)
+        body["spec"]["model"]["credentialsSecret"] = "s3-creds"
+        body["metadata"] = {"name": "minilm", "namespace": ns}
+        objects.create(MOPTS, ns, body)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = (objects.mopt(ns, "minilm") or {}).get("status") or {}
+            if status.get("phase") == "Running":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"generation 1 never ran: {objects.mopt(ns, 'minilm')}")
+        objects.merge_patch(MOPTS, ns, "minilm", {"spec": {"calibration": {"samples": 64}}})
+        obj = await objects.wait_ready(ns, "minilm", generation=2)
+    finally:
+        await harness.stop_operator()
+        await harness.kube.close()
+    return dict(obj)
+
+
+def _used(cluster: Any) -> tuple[set[Rule], set[tuple[str | None, str]]]:
+    """RBAC triples the operator used, and (namespace, resource) pairs it touched."""
+    used: set[Rule] = set()
+    where: set[tuple[str | None, str]] = set()
+    for call in cluster.emulator.api_calls():
+        if not call.resource:
+            continue  # discovery and other non-resource URLs (granted to everyone)
+        used.add((call.group, call.rbac_resource, call.verb))
+        where.add((call.namespace, call.rbac_resource))
+    return used, where
+
+
+def test_chart_applies_and_operator_with_rendered_settings_reaches_ready_cluster_wide(
+    local_cluster: Any, kubectl: Any
+) -> None:
+    sets = ("image.tag=test",)
+    out = _apply_chart(kubectl, sets, ["team-a"])
+    docs = [d for d in yaml.safe_load_all(render_text((), sets)) if d]
+    for doc in docs:
+        kind = doc["kind"].lower()
+        assert f"{kind}" in out.lower(), f"kubectl did not apply {doc['kind']}"
+    # Applied objects are really there (read back through kubectl).
+    got = kubectl("get", "deployment", "-n", NAMESPACE, "kq-kubequant", "-o", "name", check=True)
+    assert got.stdout.strip() == "deployment.apps/kq-kubequant"
+    kubectl("get", "crd", "modeloptimizations.kubequant.io", check=True)
+
+    settings = _operator_settings(docs, local_cluster.kubeconfig_path)
+    assert settings.clusterwide and settings.engine_image == "ghcr.io/kubequant/engine:0.1.0"
+    obj = asyncio.run(_run_scenario(local_cluster, settings, "team-a"))
+    assert obj["status"]["phase"] == "Succeeded"
+    assert obj["status"]["result"]["generation"] == 2
+
+    granted = _rules(one(docs, "ClusterRole"))
+    used, _ = _used(local_cluster)
+    missing = used - granted
+    unused = granted - used
+    assert not missing, f"the operator made calls the chart does not grant: {sorted(missing)}"
+    assert not unused, f"the chart grants what the operator never used: {sorted(unused)}"
+
+
+def test_chart_namespaced_rbac_covers_the_operator_in_its_namespace(
+    local_cluster: Any, kubectl: Any
+) -> None:
+    sets = ("watchNamespaces={team-b}",)
+    _apply_chart(kubectl, sets, ["team-b"])
+    docs = [d for d in yaml.safe_load_all(render_text((), sets)) if d]
+    settings = _operator_settings(docs, local_cluster.kubeconfig_path)
+    assert settings.namespaces == ("team-b",)
+    obj = asyncio.run(_run_scenario(local_cluster, settings, "team-b"))
+    assert obj["status"]["phase"] == "Succeeded"
+
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == "team-b"
+    namespaced = _rules(role)
+    cluster_scoped = _rules(one(docs, "ClusterRole"))
+    _, where = _used(local_cluster)
+    for ns, resource in where:
+        assert ns in ("team-b", None), f"call outside the watched namespace: {ns} {resource}"
+    calls = local_cluster.emulator.api_calls()
+    in_ns = {(c.group, c.rbac_resource, c.verb) for c in calls if c.resource and c.namespace}
+    outside = {(c.group, c.rbac_resource, c.verb) for c in calls if c.resource and not c.namespace}
+    assert not in_ns - namespaced, f"missing in the Role: {sorted(in_ns - namespaced)}"
+    assert not namespaced - in_ns, f"unused in the Role: {sorted(namespaced - in_ns)}"
+    assert not outside - cluster_scoped, f"missing: {sorted(outside - cluster_scoped)}"
+    assert not cluster_scoped - outside, f"unused: {sorted(cluster_scoped - outside)}"
