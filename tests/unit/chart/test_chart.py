@@ -301,11 +301,48 @@ def test_every_value_is_in_the_schema() -> None:
     walk(values, schema, "")
 
 
-def test_notes_example_is_a_valid_modeloptimization() -> None:
+@pytest.mark.parametrize("sets", [(), ("watchNamespaces={ml}", "crds.install=false")])
+def test_notes_render_and_their_example_is_a_valid_modeloptimization(
+    sets: tuple[str, ...],
+) -> None:
     from kubequant_api.models import parse_manifest
 
-    notes = (CHART / "templates" / "NOTES.txt").read_text()
-    block = notes.split("-f -\n", 1)[1].split("  YAML\n", 1)[0]
-    manifest = yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))
-    spec = parse_manifest(manifest)
+    args = ["install", "kq", str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    for s in sets:
+        args += ["--set", s]
+    notes = helm(*args).stdout.split("NOTES:\n", 1)[1]
+    ns = "ml" if sets else "default"
+    assert f"kubectl apply -n {ns} -f - <<'YAML'" in notes
+    assert f"kubectl -n {ns} wait --for=condition=Ready mopt/minilm-int8" in notes
+    assert "rollout status deployment/kq-kubequant" in notes
+    assert ("apply the CRD yourself" in notes) == bool(sets)
+    block = notes.split("<<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0]
+    spec = parse_manifest(yaml.safe_load(block))
     assert spec.gpu_count() == 0
+
+
+def test_pod_monitor_port_is_the_one_engine_pods_expose() -> None:
+    """The PodMonitor scrapes the port name the operator gives the engine container."""
+    builders = pytest.importorskip("kubequant_operator.builders")
+    settings = pytest.importorskip("kubequant_operator.settings")
+    from kubequant_api.models import parse_spec
+
+    docs = render_set("clusterwide-monitoring")
+    monitor = one(docs, "PodMonitor")
+    env = env_of(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    s = settings.Settings.load(env=env)
+    assert s.engine_metrics_port == 9400
+    spec = {
+        "model": {"uri": "hf://sentence-transformers/all-MiniLM-L6-v2"},
+        "method": "torchao-int8-weight",
+        "output": {"uri": "s3://bucket/out"},
+    }
+    obj = {"metadata": {"namespace": "ml", "name": "x", "uid": "u", "generation": 1}}
+    job = builders.build_job(obj, parse_spec(spec), s)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    (port,) = container["ports"]
+    assert port == {"name": "metrics", "containerPort": 9400, "protocol": "TCP"}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == port["name"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    for key, value in monitor["spec"]["selector"]["matchLabels"].items():
+        assert labels[key] == value

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.chart.render import NAMESPACE, by_kind, env_of, one, render_text
+from tests.unit.chart.pss import violations
+from tests.unit.chart.render import NAMESPACE, by_kind, env_of, one, pod_specs, render_text
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +91,28 @@ class Objects:
         raise AssertionError(f"{ns}/{name} not Ready for generation {generation}: {obj}")
 
 
+@pytest.fixture
+def kubectl_new(local_cluster: Any, kubectl_new_bin: Path) -> Callable[..., Any]:
+    """kubectl 1.35 (from the tools fixture) bound to ``local_cluster``."""
+    cache = local_cluster.state_dir / "kubectl-new-cache"
+
+    def run(*args: str, input: str | None = None, check: bool = False) -> Any:
+        cmd = [str(kubectl_new_bin), "--kubeconfig", str(local_cluster.kubeconfig_path)]
+        proc = subprocess.run(
+            [*cmd, "--cache-dir", str(cache), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}{proc.stdout}")
+        return proc
+
+    return run
+
+
 def _apply_chart(kubectl: Any, sets: tuple[str, ...], namespaces: list[str]) -> str:
     for ns in [NAMESPACE, *namespaces]:
         kubectl("create", "namespace", ns, check=True)
@@ -112,6 +137,21 @@ def _operator_settings(docs: list[dict[str, Any]], kubeconfig: Path) -> Any:
         watch_client_timeout=70.0,
         watch_connect_timeout=5.0,
     )
+
+
+async def _healthz(port: int, timeout: float = 15.0) -> int:
+    """Status of GET /healthz (kopf serves it once its first probes ran)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            url = f"http://127.0.0.1:{port}/healthz"
+            resp = await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
+            with resp:
+                return int(resp.status)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 async def _run_scenario(cluster: Any, settings: Any, ns: str) -> dict[str, Any]:
@@ -139,8 +179,11 @@ async def _run_scenario(cluster: Any, settings: Any, ns: str) -> dict[str, Any]:
     cluster.emulator.inject_failures("create", "jobs", count=1, status=409)
 
     harness = OperatorHarness(cluster=cluster, settings=settings, kube=Kube(settings))
-    await harness.start_operator()
+    runtime = await harness.start_operator()
     try:
+        # The liveness probe's path and the metrics the ServiceMonitor scrapes are served.
+        assert await _healthz(runtime.health_port) == 200
+        assert "kubequant_reconciles_total" in harness.scrape_metrics()
         body = make_object(namespace=ns)
         body["spec"]["model"]["credentialsSecret"] = "s3-creds"
         body["metadata"] = {"name": "minilm", "namespace": ns}
@@ -155,6 +198,15 @@ async def _run_scenario(cluster: Any, settings: Any, ns: str) -> dict[str, Any]:
             raise AssertionError(f"generation 1 never ran: {objects.mopt(ns, 'minilm')}")
         objects.merge_patch(MOPTS, ns, "minilm", {"spec": {"calibration": {"samples": 64}}})
         obj = await objects.wait_ready(ns, "minilm", generation=2)
+        # The Job the operator really created passes Pod Security "restricted".
+        jobs = _store_call(
+            cluster,
+            lambda: cluster.store.list_objects(cluster.store.resource("batch", "v1", "jobs"), ns),
+        )
+        specs = pod_specs(list(jobs[0]))
+        assert specs
+        for where, pod_spec in specs:
+            assert violations(pod_spec) == [], where
     finally:
         await harness.stop_operator()
         await harness.kube.close()
@@ -174,8 +226,9 @@ def _used(cluster: Any) -> tuple[set[Rule], set[tuple[str | None, str]]]:
 
 
 def test_chart_applies_and_operator_with_rendered_settings_reaches_ready_cluster_wide(
-    local_cluster: Any, kubectl: Any
+    local_cluster: Any, kubectl_new: Any
 ) -> None:
+    kubectl = kubectl_new
     sets = ("image.tag=test",)
     out = _apply_chart(kubectl, sets, ["team-a"])
     docs = [d for d in yaml.safe_load_all(render_text((), sets)) if d]
@@ -186,6 +239,9 @@ def test_chart_applies_and_operator_with_rendered_settings_reaches_ready_cluster
     got = kubectl("get", "deployment", "-n", NAMESPACE, "kq-kubequant", "-o", "name", check=True)
     assert got.stdout.strip() == "deployment.apps/kq-kubequant"
     kubectl("get", "crd", "modeloptimizations.kubequant.io", check=True)
+    # A second apply of the same manifest changes nothing (no perpetual GitOps diff).
+    again = kubectl("apply", "-f", "-", input=render_text((), sets), check=True).stdout
+    assert again.count("unchanged") == len(docs), again
 
     settings = _operator_settings(docs, local_cluster.kubeconfig_path)
     assert settings.clusterwide and settings.engine_image == "ghcr.io/kubequant/engine:0.1.0"
