@@ -9,18 +9,26 @@ and carries the rule's message, in the API server's wording.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import celpy
 from celpy import celtypes
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 
 from kubequant_localkube import errors, resources
 
 # celpy logs every short-circuited evaluation error at DEBUG: far too much for test logs.
 logging.getLogger("celpy").setLevel(logging.INFO)
+
+INVALID = "FieldValueInvalid"
+BAD_TYPE = "FieldValueTypeInvalid"
+_Add = Callable[..., None]
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _TYPE_NAMES = {
@@ -44,9 +52,9 @@ def validate_name(res: resources.Resource, name: str) -> None:
                 {
                     "field": "metadata.name",
                     "reason": "FieldValueInvalid",
-                    "message": f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist '
-                    "of lower case alphanumeric characters, '-' or '.', and must start and end "
-                    "with an alphanumeric character",
+                    "message": f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must '
+                    "consist of lower case alphanumeric characters, '-' or '.', and must start "
+                    "and end with an alphanumeric character",
                 }
             ],
         )
@@ -103,7 +111,7 @@ def to_cel(value: Any, schema: dict[str, Any] | None) -> Any:
         return celtypes.DoubleType(value)
     if isinstance(value, str):
         return celtypes.StringType(value)
-    return celpy.json_to_cel(value)
+    return json_to_cel(value)
 
 
 class Admission:
@@ -191,7 +199,7 @@ class Admission:
                 self._validate(sub, value, old_v, key, causes)
         root_rules = schema.get("x-kubernetes-validations") or []
         if root_rules and not causes:
-            self._run_rules(root_rules, schema, obj, old, "", causes)
+            self._run_rules(root_rules, schema, obj, old=old, path="", causes=causes)
         if causes:
             raise errors.invalid(
                 res.kind, res.group, obj.get("metadata", {}).get("name", ""), causes
@@ -241,263 +249,196 @@ class Admission:
         causes: list[dict[str, str]],
     ) -> None:
         before = len(causes)
+
+        def add(reason: str, message: str, field: str = path) -> None:
+            causes.append({"field": field, "reason": reason, "message": message})
+
         typ = schema.get("type")
+        shown = _shown(value)
         if value is None:
             if not schema.get("nullable"):
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueTypeInvalid",
-                        "message": f'Invalid value: "null": {path} in body must be of type {typ or "object"}: "null"',
-                    }
+                want = typ or "object"
+                add(
+                    BAD_TYPE,
+                    f'Invalid value: "null": {path} in body must be of type {want}: "null"',
                 )
             return
         if schema.get("x-kubernetes-int-or-string"):
             if not isinstance(value, (int, str)) or isinstance(value, bool):
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueTypeInvalid",
-                        "message": f"Invalid value: {_shown(value)}: {path} in body must be of type integer or string",
-                    }
+                add(
+                    BAD_TYPE,
+                    f"Invalid value: {shown}: {path} in body must be of type int-or-string",
                 )
                 return
         elif typ and not _type_ok(typ, value):
-            causes.append(
-                {
-                    "field": path,
-                    "reason": "FieldValueTypeInvalid",
-                    "message": f'Invalid value: "{_type_of(value)}": {path} in body must be of type {typ}: "{_type_of(value)}"',
-                }
+            have = _type_of(value)
+            add(
+                BAD_TYPE, f'Invalid value: "{have}": {path} in body must be of type {typ}: "{have}"'
             )
             return
         if "enum" in schema and value not in schema["enum"]:
             allowed = ", ".join(_shown(v) for v in schema["enum"])
-            causes.append(
-                {
-                    "field": path,
-                    "reason": "FieldValueNotSupported",
-                    "message": f"Unsupported value: {_shown(value)}: supported values: {allowed}",
-                }
+            add(
+                "FieldValueNotSupported", f"Unsupported value: {shown}: supported values: {allowed}"
             )
         if isinstance(value, str):
-            if "maxLength" in schema and len(value) > schema["maxLength"]:
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueTooLong",
-                        "message": f"Too long: may not be more than {schema['maxLength']} bytes",
-                    }
-                )
-            if "minLength" in schema and len(value) < schema["minLength"]:
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueInvalid",
-                        "message": f"Invalid value: {_shown(value)}: {path} in body should be at least {schema['minLength']} chars long",
-                    }
-                )
-            if "pattern" in schema and not re.search(schema["pattern"], value):
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueInvalid",
-                        "message": f"Invalid value: {_shown(value)}: {path} in body should match '{schema['pattern']}'",
-                    }
-                )
+            self._check_string(schema, value, path, add)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if "minimum" in schema:
-                lo = schema["minimum"]
-                if value < lo or (schema.get("exclusiveMinimum") is True and value == lo):
-                    rel = (
-                        "greater than"
-                        if schema.get("exclusiveMinimum") is True
-                        else "greater than or equal to"
-                    )
-                    causes.append(
-                        {
-                            "field": path,
-                            "reason": "FieldValueInvalid",
-                            "message": f"Invalid value: {value}: {path} in body should be {rel} {lo}",
-                        }
-                    )
-            if "maximum" in schema:
-                hi = schema["maximum"]
-                if value > hi or (schema.get("exclusiveMaximum") is True and value == hi):
-                    rel = (
-                        "less than"
-                        if schema.get("exclusiveMaximum") is True
-                        else "less than or equal to"
-                    )
-                    causes.append(
-                        {
-                            "field": path,
-                            "reason": "FieldValueInvalid",
-                            "message": f"Invalid value: {value}: {path} in body should be {rel} {hi}",
-                        }
-                    )
-            if (
-                "multipleOf" in schema
-                and schema["multipleOf"]
-                and (value / schema["multipleOf"]) % 1
-            ):
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueInvalid",
-                        "message": f"Invalid value: {value}: {path} in body should be a multiple of {schema['multipleOf']}",
-                    }
-                )
+            self._check_number(schema, value, path, add)
         if isinstance(value, list):
-            if "maxItems" in schema and len(value) > schema["maxItems"]:
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueTooMany",
-                        "message": f"Too many: {len(value)}: must have at most {schema['maxItems']} items",
-                    }
-                )
-            if "minItems" in schema and len(value) < schema["minItems"]:
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueInvalid",
-                        "message": f"Invalid value: {len(value)}: {path} in body should have at least {schema['minItems']} items",
-                    }
-                )
-            items = schema.get("items")
-            if isinstance(items, dict):
-                old_list = old if isinstance(old, list) else []
-                for i, item in enumerate(value):
-                    self._validate(
-                        items,
-                        item,
-                        old_list[i] if i < len(old_list) else None,
-                        f"{path}[{i}]",
-                        causes,
-                    )
-            if schema.get("x-kubernetes-list-type") == "set" and len(
-                {repr(v) for v in value}
-            ) != len(value):
-                causes.append(
-                    {"field": path, "reason": "FieldValueDuplicate", "message": "Duplicate value"}
-                )
+            self._check_list(schema, value, old=old, path=path, causes=causes, add=add)
         if isinstance(value, dict):
-            props = schema.get("properties") or {}
-            for field in schema.get("required") or []:
-                if field not in value:
-                    causes.append(
-                        {
-                            "field": f"{path}.{field}",
-                            "reason": "FieldValueRequired",
-                            "message": "Required value",
-                        }
-                    )
-            if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueTooMany",
-                        "message": f"Too many: {len(value)}: must have at most {schema['maxProperties']} items",
-                    }
-                )
-            if "minProperties" in schema and len(value) < schema["minProperties"]:
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueInvalid",
-                        "message": f"Invalid value: {len(value)}: {path} in body should have at least {schema['minProperties']} properties",
-                    }
-                )
-            addl = schema.get("additionalProperties")
-            old_map = old if isinstance(old, dict) else {}
-            for key, sub_val in value.items():
-                sub = props.get(key) or (addl if isinstance(addl, dict) else None)
-                if sub is not None:
-                    self._validate(sub, sub_val, old_map.get(key), f"{path}.{key}", causes)
+            self._check_object(schema, value, old=old, path=path, causes=causes, add=add)
         for sub in schema.get("allOf") or []:
             self._validate(sub, value, old, path, causes)
-        if schema.get("anyOf"):
-            if not any(_quiet_ok(self, s, value) for s in schema["anyOf"]):
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueInvalid",
-                        "message": f"Invalid value: {_shown(value)}: {path} in body must match at least one schema in anyOf",
-                    }
-                )
-        if schema.get("oneOf"):
-            if sum(_quiet_ok(self, s, value) for s in schema["oneOf"]) != 1:
-                causes.append(
-                    {
-                        "field": path,
-                        "reason": "FieldValueInvalid",
-                        "message": f"Invalid value: {_shown(value)}: {path} in body must match exactly one schema in oneOf",
-                    }
-                )
+        if schema.get("anyOf") and not any(_quiet_ok(self, s, value) for s in schema["anyOf"]):
+            add(INVALID, f"Invalid value: {shown}: {path} in body must match a schema in anyOf")
+        if schema.get("oneOf") and sum(_quiet_ok(self, s, value) for s in schema["oneOf"]) != 1:
+            add(INVALID, f"Invalid value: {shown}: {path} in body must match one schema in oneOf")
         rules = schema.get("x-kubernetes-validations") or []
         if rules and len(causes) == before:
-            self._run_rules(rules, schema, value, old, path, causes)
+            self._run_rules(rules, schema, value, old=old, path=path, causes=causes)
+
+    @staticmethod
+    def _check_string(schema: dict[str, Any], value: str, path: str, add: _Add) -> None:
+        shown = _shown(value)
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            add("FieldValueTooLong", f"Too long: may not be more than {schema['maxLength']} bytes")
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            want = schema["minLength"]
+            add(
+                INVALID,
+                f"Invalid value: {shown}: {path} in body should be at least {want} chars long",
+            )
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            add(
+                INVALID,
+                f"Invalid value: {shown}: {path} in body should match '{schema['pattern']}'",
+            )
+
+    @staticmethod
+    def _check_number(schema: dict[str, Any], value: float, path: str, add: _Add) -> None:
+        if "minimum" in schema:
+            lo, excl = schema["minimum"], schema.get("exclusiveMinimum") is True
+            if value < lo or (excl and value == lo):
+                rel = "greater than" if excl else "greater than or equal to"
+                add(INVALID, f"Invalid value: {value}: {path} in body should be {rel} {lo}")
+        if "maximum" in schema:
+            hi, excl = schema["maximum"], schema.get("exclusiveMaximum") is True
+            if value > hi or (excl and value == hi):
+                rel = "less than" if excl else "less than or equal to"
+                add(INVALID, f"Invalid value: {value}: {path} in body should be {rel} {hi}")
+        step = schema.get("multipleOf")
+        if step and (value / step) % 1:
+            add(INVALID, f"Invalid value: {value}: {path} in body should be a multiple of {step}")
+
+    def _check_list(
+        self,
+        schema: dict[str, Any],
+        value: list[Any],
+        *,
+        old: Any,
+        path: str,
+        causes: list[dict[str, str]],
+        add: _Add,
+    ) -> None:
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            add(
+                "FieldValueTooMany",
+                f"Too many: {len(value)}: must have at most {schema['maxItems']} items",
+            )
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            want = schema["minItems"]
+            add(
+                INVALID,
+                f"Invalid value: {len(value)}: {path} in body should have at least {want} items",
+            )
+        items = schema.get("items")
+        if isinstance(items, dict):
+            olds = old if isinstance(old, list) else []
+            for i, item in enumerate(value):
+                prev = olds[i] if i < len(olds) else None
+                self._validate(items, item, prev, f"{path}[{i}]", causes)
+        unique = len({repr(v) for v in value}) == len(value)
+        if schema.get("x-kubernetes-list-type") == "set" and not unique:
+            add("FieldValueDuplicate", "Duplicate value")
+
+    def _check_object(
+        self,
+        schema: dict[str, Any],
+        value: dict[str, Any],
+        *,
+        old: Any,
+        path: str,
+        causes: list[dict[str, str]],
+        add: _Add,
+    ) -> None:
+        props = schema.get("properties") or {}
+        for field in schema.get("required") or []:
+            if field not in value:
+                add("FieldValueRequired", "Required value", f"{path}.{field}")
+        size = len(value)
+        if "maxProperties" in schema and size > schema["maxProperties"]:
+            add(
+                "FieldValueTooMany",
+                f"Too many: {size}: must have at most {schema['maxProperties']} items",
+            )
+        if "minProperties" in schema and size < schema["minProperties"]:
+            want = schema["minProperties"]
+            add(
+                INVALID,
+                f"Invalid value: {size}: {path} in body should have at least {want} properties",
+            )
+        addl = schema.get("additionalProperties")
+        olds = old if isinstance(old, dict) else {}
+        for key, sub_val in value.items():
+            sub = props.get(key) or (addl if isinstance(addl, dict) else None)
+            if sub is not None:
+                self._validate(sub, sub_val, olds.get(key), f"{path}.{key}", causes)
 
     def _run_rules(
         self,
         rules: list[dict[str, Any]],
         schema: dict[str, Any],
         value: Any,
+        *,
         old: Any,
         path: str,
         causes: list[dict[str, str]],
     ) -> None:
         self_val = to_cel(value, schema)
+        shown = _shown(value)
         for rule in rules:
             text = rule["rule"]
             uses_old = re.search(r"\boldSelf\b", text) is not None
-            if uses_old and (old is None or rule.get("optionalOldSelf")):
-                if old is None:
-                    continue
+            if uses_old and old is None:
+                continue  # a transition rule: only on updates that had a value before
             activation: dict[str, Any] = {"self": self_val}
             if uses_old:
                 activation["oldSelf"] = to_cel(old, schema)
             prog = self.program(text)
-            field = (
-                path + (rule.get("fieldPath") or "")
-                if path
-                else (rule.get("fieldPath") or "").lstrip(".")
-            )
+            field_path = rule.get("fieldPath") or ""
+            field = path + field_path if path else field_path.lstrip(".")
             try:
                 ok = prog.evaluate(activation)
-            except Exception as exc:  # an evaluation error rejects the object, as in the API server
-                causes.append(
-                    {
-                        "field": field,
-                        "reason": "FieldValueInvalid",
-                        "message": f"Invalid value: {_shown(value)}: evaluating rule: {text}: {exc}",
-                    }
-                )
-                continue
-            if isinstance(ok, celpy.CELEvalError):
-                causes.append(
-                    {
-                        "field": field,
-                        "reason": "FieldValueInvalid",
-                        "message": f"Invalid value: {_shown(value)}: evaluating rule: {text}: {ok}",
-                    }
-                )
+            except CELEvalError as exc:  # an evaluation error rejects the object
+                ok = exc
+            if isinstance(ok, CELEvalError):
+                message = f"Invalid value: {shown}: evaluating rule: {text}: {ok}"
+                causes.append({"field": field, "reason": INVALID, "message": message})
                 continue
             if bool(ok):
                 continue
             message = rule.get("message") or f"failed rule: {text}"
             if rule.get("messageExpression"):
-                try:
+                with contextlib.suppress(CELEvalError, CelRuleError):
                     message = str(self.program(rule["messageExpression"]).evaluate(activation))
-                except Exception:  # noqa: BLE001, S110 - fall back to the static message
-                    pass
-            reason = rule.get("reason") or "FieldValueInvalid"
+            reason = rule.get("reason") or INVALID
             prefix = {
                 "FieldValueForbidden": "Forbidden: ",
                 "FieldValueRequired": "Required value: ",
                 "FieldValueDuplicate": "Duplicate value: ",
-            }.get(reason, f"Invalid value: {_shown(value)}: ")
+            }.get(reason, f"Invalid value: {shown}: ")
             causes.append({"field": field, "reason": reason, "message": prefix + message})
 
 

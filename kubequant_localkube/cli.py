@@ -32,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--kubeconfig",
         default=os.environ.get(ENV_KUBECONFIG_OUT),
-        help=f"where to write the kubeconfig (default <state-dir>/kubeconfig; env {ENV_KUBECONFIG_OUT})",
+        help=(
+            "where to write the kubeconfig "
+            f"(default <state-dir>/kubeconfig; env {ENV_KUBECONFIG_OUT})"
+        ),
     )
     serve.add_argument(
         "--state-dir",

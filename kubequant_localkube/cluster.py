@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import tempfile
@@ -142,7 +143,7 @@ class LocalCluster:
         if self._thread is None or self._loop is None or self._stop is None:
             return
         stop = self._stop
-        with contextlib_suppress_runtime():
+        with contextlib.suppress(RuntimeError):  # the loop already closed
             self._loop.call_soon_threadsafe(stop.set)
         self._thread.join(timeout)
         self._thread = None
@@ -222,18 +223,3 @@ class LocalCluster:
                     await self.jobs.stop()
                 await asyncio.sleep(0.05)
                 await runner.cleanup()
-
-
-class contextlib_suppress_runtime:  # noqa: N801 - used like contextlib.suppress
-    """Suppress RuntimeError (a loop that is already closed)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        return exc_type is not None and issubclass(exc_type, RuntimeError)

@@ -127,7 +127,7 @@ def _age(ts: str | None) -> str | None:
 
 
 @attrs.define(kw_only=True)
-class LocalKubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+class LocalKubeEmulator(kmock.KubernetesEmulator):
     """The API server. Serve it with :class:`~kubequant_localkube.cluster.LocalCluster`."""
 
     store: Store = attrs.field(factory=Store)
@@ -523,10 +523,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if not text.strip():
             raise errors.ApiError(400, "the request body is empty")
         try:
-            if yaml_ok or "yaml" in ctype:
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
+            data = yaml.safe_load(text) if yaml_ok or "yaml" in ctype else json.loads(text)
         except (ValueError, yaml.YAMLError) as exc:
             raise errors.ApiError(400, f"the request body does not parse: {exc}") from exc
         if not any_json and not isinstance(data, dict):

@@ -338,7 +338,7 @@ class JobController:
                 await self._wait_change(ns, name, 1.0)
                 continue
             run = asyncio.create_task(self._run_pod(job, ns, pod_name, outcome))
-            result = await self._supervise(job, run, ns, name, uid, pod_name)
+            result = await self._supervise(job, run, pod_name=pod_name)
             job = self._get_job(ns, name, uid)
             if job is None or result is None:
                 if job is not None:
@@ -357,8 +357,8 @@ class JobController:
             patch: Obj = {"active": 0, "ready": 0, "failed": failed}
             if action == "FailJob":
                 msg = (
-                    f"Container {self._container_name(job)} for pod {ns}/{pod_name} failed with exit "
-                    f"code {result.exit_code} matching FailJob rule at index {rule_index}"
+                    f"Container {self._container_name(job)} for pod {ns}/{pod_name} failed "
+                    f"with exit code {result.exit_code} matching FailJob rule at index {rule_index}"
                 )
                 self._fail(job, patch, "PodFailurePolicy", msg)
                 continue
@@ -376,15 +376,11 @@ class JobController:
             await asyncio.sleep(self.backoff_seconds)
 
     async def _supervise(
-        self,
-        job: Obj,
-        run: asyncio.Task[PodResult],
-        ns: str,
-        name: str,
-        uid: str,
-        pod_name: str,
+        self, job: Obj, run: asyncio.Task[PodResult], *, pod_name: str
     ) -> PodResult | None:
         """Wait for the pod; react to the Job being suspended/deleted and to its deadline."""
+        meta = job["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         while True:
             deadline = self._deadline_left(job)
             waiter = asyncio.create_task(self._wait_change(ns, name, None))
@@ -562,7 +558,10 @@ class JobController:
                 "job-name": meta["name"],
             }
         )
-        pod = {
+        pod_spec: Obj = dict(template.get("spec") or {})
+        pod_spec.setdefault("restartPolicy", "Never")
+        pod_spec.setdefault("serviceAccountName", "default")
+        pod: Obj = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
@@ -582,10 +581,8 @@ class JobController:
                 ],
                 "finalizers": [],
             },
-            "spec": template.get("spec") or {},
+            "spec": pod_spec,
         }
-        pod["spec"].setdefault("restartPolicy", "Never")
-        pod["spec"].setdefault("serviceAccountName", "default")
         try:
             created = self.store.create(
                 self.store.resource("", "v1", "pods"), meta["namespace"], pod

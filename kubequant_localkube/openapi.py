@@ -82,11 +82,11 @@ def _component(res: Resource) -> dict[str, Any]:
     props = schema.setdefault("properties", {})
     props["apiVersion"] = {
         "type": "string",
-        "description": "APIVersion defines the versioned schema of this representation of an object.",
+        "description": "The versioned schema of this representation of an object.",
     }
     props["kind"] = {
         "type": "string",
-        "description": "Kind is a string value representing the REST resource this object represents.",
+        "description": "The REST resource this object represents.",
     }
     props["metadata"] = {
         "type": "object",

@@ -97,7 +97,7 @@ class Resource:
         return out
 
 
-def _r(
+def _r(  # noqa: PLR0917 - a compact table of the built-in kinds
     group: str,
     version: str,
     plural: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import dataclasses
 import random
@@ -27,7 +28,18 @@ ObjKey = tuple[str | None, str]  # (namespace, name)
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 HISTORY_SIZE = 50_000
+_RANDOM = random.SystemRandom()
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+_MODIFIED = (
+    "the object has been modified; please apply your changes to the latest version and try again"
+)
+_NS_MISMATCH = (
+    "the namespace of the provided object does not match the namespace sent on the request"
+)
+_SMP_FOR_CR = (
+    "the body of the request was in an unknown format - accepted media types include: "
+    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+)
 
 
 def now_rfc3339() -> str:
@@ -52,10 +64,8 @@ class Watcher:
     loop: asyncio.AbstractEventLoop
 
     def push(self, event: WatchEvent | None) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the watcher is gone
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the loop is closed: the watcher is gone
-            pass
 
 
 def _meta(obj: Obj) -> dict[str, Any]:
@@ -169,18 +179,6 @@ class Store:
     def _ns_exists(self, ns: str) -> bool:
         return (None, ns) in self._objects[("", "namespaces")]
 
-    def _check_scope(self, res: res_mod.Resource, namespace: str | None) -> str | None:
-        if res.namespaced and not namespace:
-            raise errors.ApiError(
-                400,
-                (
-                    "the namespace of the provided object does not match the namespace sent on the request"
-                    if False
-                    else "a namespace is required for namespaced resources"
-                ),
-            )
-        return namespace if res.namespaced else None
-
     def _by_uid(self) -> dict[str, tuple[res_mod.Resource, Obj]]:
         out: dict[str, tuple[res_mod.Resource, Obj]] = {}
         for key, objs in self._objects.items():
@@ -260,7 +258,7 @@ class Store:
             if namespace and body_ns and body_ns != namespace:
                 raise errors.ApiError(
                     400,
-                    "the namespace of the provided object does not match the namespace sent on the request",
+                    _NS_MISMATCH,
                 )
             namespace = namespace or body_ns
             if not namespace:
@@ -273,7 +271,7 @@ class Store:
             if not meta.get("name"):
                 if meta.get("generateName"):
                     for _ in range(100):
-                        cand = meta["generateName"] + "".join(random.choices(_NAME_CHARS, k=5))
+                        cand = meta["generateName"] + "".join(_RANDOM.choices(_NAME_CHARS, k=5))
                         if (namespace, cand) not in self._objects[res.key]:
                             meta["name"] = cand
                             break
@@ -304,13 +302,15 @@ class Store:
                 )
             if (namespace, name) in self._objects[res.key]:
                 raise errors.already_exists(res.plural, res.group, name)
-            if ns_obj := self._objects[("", "namespaces")].get((None, namespace or "")):
-                if ns_obj["metadata"].get("deletionTimestamp") and res.plural != "namespaces":
-                    raise errors.ApiError(
-                        403,
-                        f'{res.plural} "{name}" is forbidden: unable to create new content in namespace {namespace} because it is being terminated',
-                        reason="Forbidden",
-                    )
+            ns_obj = self._objects[("", "namespaces")].get((None, namespace or ""))
+            terminating = ns_obj is not None and ns_obj["metadata"].get("deletionTimestamp")
+            if terminating and res.plural != "namespaces":
+                raise errors.ApiError(
+                    403,
+                    f'{res.plural} "{name}" is forbidden: unable to create new content in '
+                    f"namespace {namespace} because it is being terminated",
+                    reason="Forbidden",
+                )
             obj["apiVersion"] = res.api_version
             obj["kind"] = res.kind
             if res.has_status and res.is_custom:
@@ -378,7 +378,8 @@ class Store:
                 [
                     {
                         "field": "metadata.name",
-                        "message": f'Invalid value: "{crd["metadata"]["name"]}": must be spec.names.plural+"."+spec.group',
+                        "message": f'Invalid value: "{crd["metadata"]["name"]}": '
+                        'must be spec.names.plural+"."+spec.group',
                         "reason": "FieldValueInvalid",
                     }
                 ],
@@ -447,7 +448,8 @@ class Store:
             if bmeta.get("name") and bmeta["name"] != name:
                 raise errors.ApiError(
                     400,
-                    f"the name of the object ({bmeta['name']}) does not match the name on the URL ({name})",
+                    f"the name of the object ({bmeta['name']}) does not match the name on "
+                    f"the URL ({name})",
                 )
             rv = bmeta.get("resourceVersion")
             if rv and str(rv) != old["metadata"]["resourceVersion"]:
@@ -455,10 +457,16 @@ class Store:
                     res.plural,
                     res.group,
                     name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
+                    _MODIFIED,
                 )
             return self._commit_update(
-                res, old, copy.deepcopy(body), subresource, dry_run, field_validation, warnings
+                res,
+                old,
+                copy.deepcopy(body),
+                subresource=subresource,
+                dry_run=dry_run,
+                field_validation=field_validation,
+                warnings=warnings,
             )
 
     def patch(
@@ -484,12 +492,12 @@ class Store:
                     ns,
                     name,
                     old,
-                    patch,
-                    subresource,
-                    dry_run,
-                    field_validation,
-                    warnings,
-                    field_manager or "",
+                    config=patch,
+                    manager=field_manager or "",
+                    subresource=subresource,
+                    dry_run=dry_run,
+                    field_validation=field_validation,
+                    warnings=warnings,
                 )
             if old is None:
                 raise errors.not_found(res.plural, res.group, name)
@@ -501,7 +509,7 @@ class Store:
                     if res.is_custom:
                         raise errors.ApiError(
                             415,
-                            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                            _SMP_FOR_CR,
                         )
                     new = patching.strategic_merge_patch(current, patch, custom=res.is_custom)
                 else:
@@ -520,17 +528,24 @@ class Store:
                         res.plural,
                         res.group,
                         name,
-                        "the object has been modified; please apply your changes to the latest version and try again",
+                        _MODIFIED,
                     )
                 if pmeta.get("uid") and pmeta["uid"] != old["metadata"]["uid"]:
                     raise errors.conflict(
                         res.plural,
                         res.group,
                         name,
-                        f"Precondition failed: UID in precondition: {pmeta['uid']}, UID in object meta: {old['metadata']['uid']}",
+                        f"Precondition failed: UID in precondition: {pmeta['uid']}, "
+                        f"UID in object meta: {old['metadata']['uid']}",
                     )
             return self._commit_update(
-                res, old, new, subresource, dry_run, field_validation, warnings
+                res,
+                old,
+                new,
+                subresource=subresource,
+                dry_run=dry_run,
+                field_validation=field_validation,
+                warnings=warnings,
             )
 
     def _apply(
@@ -539,6 +554,7 @@ class Store:
         ns: str | None,
         name: str,
         old: Obj | None,
+        *,
         config: Any,
         subresource: str | None,
         dry_run: bool,
@@ -572,7 +588,13 @@ class Store:
         new = patching.merge_patch(current, removal)
         new = patching.strategic_merge_patch(new, config, custom=True)
         result = self._commit_update(
-            res, old, new, subresource, dry_run, field_validation, warnings
+            res,
+            old,
+            new,
+            subresource=subresource,
+            dry_run=dry_run,
+            field_validation=field_validation,
+            warnings=warnings,
         )
         if not dry_run:
             self._applied[akey] = copy.deepcopy(config)
@@ -583,6 +605,7 @@ class Store:
         res: res_mod.Resource,
         old: Obj,
         new: Obj,
+        *,
         subresource: str | None,
         dry_run: bool,
         field_validation: str | None,
@@ -635,7 +658,8 @@ class Store:
                     [
                         {
                             "field": "metadata.finalizers",
-                            "message": f"Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {sorted(added)!r}",
+                            "message": "Forbidden: no new finalizers can be added if the object "
+                            f"is being deleted, found new finalizers {sorted(added)!r}",
                             "reason": "FieldValueForbidden",
                         }
                     ],
@@ -691,7 +715,8 @@ class Store:
                     res.plural,
                     res.group,
                     name,
-                    f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta['uid']}",
+                    f"Precondition failed: UID in precondition: {pre['uid']}, "
+                    f"UID in object meta: {meta['uid']}",
                 )
             if (
                 pre.get("resourceVersion")
@@ -701,7 +726,9 @@ class Store:
                     res.plural,
                     res.group,
                     name,
-                    f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, ResourceVersion in object meta: {meta['resourceVersion']}",
+                    "Precondition failed: ResourceVersion in precondition: "
+                    f"{pre['resourceVersion']}, ResourceVersion in object meta: "
+                    f"{meta['resourceVersion']}",
                 )
             if dry_run:
                 return self._as_version(res, old), False
@@ -841,7 +868,15 @@ class Store:
                 if not deps:
                     new = copy.deepcopy(obj)
                     new["metadata"]["finalizers"] = [f for f in fins if f != "foregroundDeletion"]
-                    self._commit_update(res, obj, new, None, False, "Ignore", None)
+                    self._commit_update(
+                        res,
+                        obj,
+                        new,
+                        subresource=None,
+                        dry_run=False,
+                        field_validation="Ignore",
+                        warnings=None,
+                    )
                     return True
             if res.key == ("", "namespaces") and meta.get("deletionTimestamp"):
                 content = [

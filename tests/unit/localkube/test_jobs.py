@@ -189,7 +189,8 @@ def test_ttl_after_finished_deletes_job_and_pods(h: Helper) -> None:
 def test_process_mode_runs_the_command(h: Helper, tmp_path: Any) -> None:
     script = (
         "import os, sys\n"
-        "open(os.path.join(os.environ['OUT_DIR'], 'hello.txt'), 'w').write(os.environ['GREETING'])\n"
+        "out = os.path.join(os.environ['OUT_DIR'], 'hello.txt')\n"
+        "open(out, 'w').write(os.environ['GREETING'])\n"
         "open(os.environ['TERM_LOG'], 'w').write('wrote ' + os.environ['OUT_DIR'])\n"
         "print('to the log')\n"
         "assert os.environ['KUBECONFIG'], 'kubeconfig injected'\n"
