@@ -135,3 +135,22 @@ def test_docs_exist_and_name_the_commands(doc: str) -> None:
             assert words in text, words
     # Commands the docs show for the chart use values the chart accepts.
     assert render() is not None
+
+
+def test_builtin_kinds_in_deploy_validate_strictly() -> None:
+    """ConfigMaps and other built-in kinds in deploy/ pass kubernetes-validate (CRs skipped)."""
+    import kubernetes_validate
+
+    from tests.unit.chart.test_chart import K8S_VERSIONS
+
+    checked = 0
+    for path in sorted(DEPLOY.rglob("*.yaml")):
+        for doc in _docs(path):
+            for version in (K8S_VERSIONS[0], K8S_VERSIONS[-1]):
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except kubernetes_validate.SchemaNotFoundError:
+                    assert "." in doc["apiVersion"].split("/")[0], doc["kind"]  # a CR
+                    continue
+                checked += 1
+    assert checked >= 2  # argocd-cm on both versions
