@@ -203,3 +203,42 @@ def test_ci_workflow() -> None:
     assert "make e2e-kind" in e2e_steps
     nodes = jobs["e2e-kind"]["strategy"]["matrix"]["node"]
     assert any(":v1.29." in n for n in nodes)
+
+
+def _imports(package_dir: Path) -> set[str]:
+    import ast
+
+    found: set[str] = set()
+    for path in package_dir.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_operator_image_contains_everything_the_operator_imports() -> None:
+    """The operator image installs only kubequant_api, kubequant_operator and the operator
+    extras: an import of anything else (the engine, torch) would crash the image at start."""
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {
+        "kubequant_api",
+        "kubequant_operator",
+        "kopf",
+        "kubernetes",
+        "prometheus_client",
+        "aiohttp",
+        "pydantic",
+        "yaml",
+    }
+    used = _imports(REPO_ROOT / "operator" / "kubequant_operator")
+    used |= _imports(REPO_ROOT / "kubequant_api")
+    assert "kopf" in used
+    assert not used - allowed, f"not in the operator image: {sorted(used - allowed)}"
+
+
+def test_engine_image_does_not_need_the_operator() -> None:
+    used = _imports(REPO_ROOT / "optimizer_job")
+    assert not used & {"kopf", "kubequant_operator", "kubequant_localkube"}, sorted(used)
