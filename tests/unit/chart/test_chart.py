@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
@@ -346,3 +347,15 @@ def test_pod_monitor_port_is_the_one_engine_pods_expose() -> None:
     labels = job["spec"]["template"]["metadata"]["labels"]
     for key, value in monitor["spec"]["selector"]["matchLabels"].items():
         assert labels[key] == value
+
+
+def test_helm_package_ships_the_crd_and_not_the_ci_values(tmp_path: Path) -> None:
+    import tarfile
+
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (tgz,) = tmp_path.glob("kubequant-*.tgz")
+    with tarfile.open(tgz) as tar:
+        names = set(tar.getnames())
+    assert "kubequant/files/modeloptimization.yaml" in names
+    assert "kubequant/values.schema.json" in names
+    assert not any(n.startswith("kubequant/ci/") for n in names)
