@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class ApiCall:
-    """One API request as RBAC sees it."""
+    """One API request as RBAC sees it (``code``: the HTTP status answered)."""
 
     verb: str  # get list watch create update patch delete deletecollection
     group: str
@@ -47,6 +47,7 @@ class ApiCall:
     subresource: str | None
     namespace: str | None
     name: str | None
+    user_agent: str = ""
     code: int = 0
 
     @property
@@ -354,9 +355,30 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
             verb = "delete" if rp.name else "deletecollection"
         else:
             raise errors.ApiError(405, f"method {method} is not allowed")
-        self._record(
-            ApiCall(verb, rp.group, rp.version, rp.plural, rp.subresource, rp.namespace, rp.name)
+        call = ApiCall(
+            verb,
+            rp.group,
+            rp.version,
+            rp.plural,
+            rp.subresource,
+            rp.namespace,
+            rp.name,
+            user_agent=raw.headers.get("User-Agent", ""),
         )
+        try:
+            response = await self._serve_verb(raw, request, rp, call)
+        except errors.ApiError as exc:
+            call.code = exc.status
+            raise
+        call.code = response.status
+        return response
+
+    async def _serve_verb(
+        self, raw: aiohttp.web.BaseRequest, request: kmock.Request, rp: _Path, call: ApiCall
+    ) -> aiohttp.web.StreamResponse:
+        q = raw.query
+        verb = call.verb
+        self._record(call)
         res = self.store.resource(rp.group, rp.version, rp.plural)
         if rp.namespace and not res.namespaced:
             raise errors.ApiError(404, "the server could not find the requested resource")

@@ -833,20 +833,11 @@ class JobController:
                 self._set_terminated(job, ns, pod, started, result)
                 return result
             self._set_running(job, ns, pod, started)
-            killed = False
-            waiter = asyncio.create_task(proc.wait())
-            while not waiter.done():
-                gone = asyncio.create_task(self._wait_pod_deleted(ns, pod, 1.0))
-                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-                self._publish_log(ns, pod, log_path)
-                if gone.done() and gone.result() and not waiter.done():
-                    killed = True
-                    await self._kill(proc)
-                if not gone.done():
-                    gone.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await gone
-            code = await waiter
+            try:
+                code, killed = await self._watch_process(proc, ns, pod, log_path)
+            except asyncio.CancelledError:  # the controller stops: the pod's process goes too
+                await self._kill(proc, grace=0.5)
+                raise
         self._publish_log(ns, pod, log_path)
         if code < 0:
             code = 128 - code
@@ -861,6 +852,25 @@ class JobController:
         if not killed:
             self._set_terminated(job, ns, pod, started, result)
         return result
+
+    async def _watch_process(
+        self, proc: asyncio.subprocess.Process, ns: str, pod: str, log_path: Path
+    ) -> tuple[int, bool]:
+        """Wait for the process; kill it when its pod is deleted. Returns (exit code, killed)."""
+        killed = False
+        waiter = asyncio.create_task(proc.wait())
+        while not waiter.done():
+            gone = asyncio.create_task(self._wait_pod_deleted(ns, pod, 1.0))
+            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            self._publish_log(ns, pod, log_path)
+            if gone.done() and gone.result() and not waiter.done():
+                killed = True
+                await self._kill(proc)
+            if not gone.done():
+                gone.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gone
+        return await waiter, killed
 
     async def _kill(self, proc: asyncio.subprocess.Process, grace: float = 2.0) -> None:
         with contextlib.suppress(ProcessLookupError):

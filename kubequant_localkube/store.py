@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubequant_localkube import admission as admission_mod
-from kubequant_localkube import errors, patching
+from kubequant_localkube import defaults, errors, patching
 from kubequant_localkube import resources as res_mod
 
 Obj = dict[str, Any]
@@ -315,7 +315,6 @@ class Store:
             obj["kind"] = res.kind
             if res.has_status and res.is_custom:
                 obj.pop("status", None)
-            self._prepare_builtin(res, obj)
             for k in (
                 "resourceVersion",
                 "uid",
@@ -332,6 +331,7 @@ class Store:
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = now_rfc3339()
             meta["generation"] = 1
+            defaults.apply_builtin_defaults(res.key, obj)
             if dry_run:
                 meta["resourceVersion"] = str(self._rv)
                 return self._as_version(res, obj)
@@ -342,15 +342,6 @@ class Store:
                 self._sync_crd(obj, name)
             self._gc()
             return self._as_version(res, obj)
-
-    def _prepare_builtin(self, res: res_mod.Resource, obj: Obj) -> None:
-        if res.key == ("", "namespaces"):
-            obj.setdefault("spec", {"finalizers": ["kubernetes"]})
-            obj["status"] = {"phase": "Active"}
-        if res.key == ("", "pods") and "status" not in obj:
-            obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
-        if res.key == ("", "serviceaccounts"):
-            pass
 
     def _prepare_crd(self, crd: Obj) -> None:
         spec = crd.get("spec") or {}
@@ -664,6 +655,8 @@ class Store:
                         }
                     ],
                 )
+        if subresource is None:
+            defaults.check_immutable(res.key, res.kind, res.group, old, new)
         warn = self.admission.admit(res, new, old, field_validation, subresource=subresource)
         if warnings is not None:
             warnings.extend(warn)
