@@ -54,6 +54,25 @@ class ApiCall:
     def rbac_resource(self) -> str:
         return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
 
+    def allowed_by(self, rules: list[dict[str, Any]]) -> bool:
+        """Whether RBAC ``rules`` (a Role's or ClusterRole's) permit this call."""
+        for rule in rules:
+            groups = rule.get("apiGroups") or []
+            resources = rule.get("resources") or []
+            verbs = rule.get("verbs") or []
+            names = rule.get("resourceNames") or []
+            if "*" not in groups and self.group not in groups:
+                continue
+            wildcard_sub = self.subresource is not None and f"{self.resource}/*" in resources
+            if "*" not in resources and self.rbac_resource not in resources and not wildcard_sub:
+                continue
+            if "*" not in verbs and self.verb not in verbs:
+                continue
+            if names and self.name not in names:
+                continue
+            return True
+        return False
+
 
 @dataclasses.dataclass
 class Fault:
@@ -170,6 +189,15 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     def api_calls(self) -> list[ApiCall]:
         with self._calls_lock:
             return list(self.calls)
+
+    def used_permissions(self, user_agent: str | None = None) -> set[tuple[str, str, str]]:
+        """(apiGroup, resource[/subresource], verb) of every request made (optionally only by
+        clients whose User-Agent contains ``user_agent``)."""
+        return {
+            (c.group, c.rbac_resource, c.verb)
+            for c in self.api_calls()
+            if user_agent is None or user_agent in c.user_agent
+        }
 
     def clear_calls(self) -> None:
         with self._calls_lock:

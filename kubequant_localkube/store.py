@@ -94,6 +94,9 @@ class Store:
         self._watchers: list[Watcher] = []
         self._applied: dict[tuple[str, str, str | None, str, str], Obj] = {}
         self.admission = admission_mod.Admission()
+        # A real API server answers 415 to a strategic merge patch of a custom resource; by
+        # default it is applied here as a JSON merge patch (lists replaced) instead.
+        self.reject_strategic_for_custom = False
         self._listeners: list[Callable[[WatchEvent], None]] = []
         for res in res_mod.builtin_resources():
             self.register(res)
@@ -497,11 +500,8 @@ class Store:
                 if patch_type == "json":
                     new = patching.json_patch(current, patch)
                 elif patch_type == "strategic":
-                    if res.is_custom:
-                        raise errors.ApiError(
-                            415,
-                            _SMP_FOR_CR,
-                        )
+                    if res.is_custom and self.reject_strategic_for_custom:
+                        raise errors.ApiError(415, _SMP_FOR_CR, reason="UnsupportedMediaType")
                     new = patching.strategic_merge_patch(current, patch, custom=res.is_custom)
                 else:
                     if not isinstance(patch, dict):

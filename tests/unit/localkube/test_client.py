@@ -341,3 +341,30 @@ def test_discovery_and_crd_removal(crd_cluster: LocalCluster) -> None:
     with pytest.raises(ApiException) as exc:
         kubernetes.client.CustomObjectsApi(client).list_namespaced_custom_object(*ARGS)
     assert exc.value.status == 404
+
+
+def test_request_log_against_rbac_rules(crd_cluster: LocalCluster) -> None:
+    co = kubernetes.client.CustomObjectsApi(api(crd_cluster))
+    co.create_namespaced_custom_object(*ARGS, mopt("r"))
+    crd_cluster.emulator.clear_calls()
+    co.get_namespaced_custom_object(*ARGS, "r")
+    co.patch_namespaced_custom_object_status(*ARGS, "r", {"status": {"phase": "Running"}})
+    co.list_namespaced_custom_object(*ARGS)
+    calls = crd_cluster.emulator.api_calls()
+    assert [c.code for c in calls] == [200, 200, 200]
+    engine_role = [
+        {
+            "apiGroups": [GROUP],
+            "resources": [f"{PLURAL}/status"],
+            "verbs": ["get", "patch"],
+            "resourceNames": ["r"],
+        },
+        {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get"], "resourceNames": ["r"]},
+    ]
+    allowed = [c.allowed_by(engine_role) for c in calls]
+    assert allowed == [True, True, False]  # the list is outside the engine's Role
+    assert crd_cluster.emulator.used_permissions("OpenAPI-Generator") == {
+        (GROUP, PLURAL, "get"),
+        (GROUP, f"{PLURAL}/status", "patch"),
+        (GROUP, PLURAL, "list"),
+    }
