@@ -13,9 +13,9 @@ import json
 import logging
 import shutil
 import uuid
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kubequant_api.constants import ExitCode, GateVerdict, Reason, Stage, Task

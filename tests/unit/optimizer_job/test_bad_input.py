@@ -55,7 +55,9 @@ def test_params_that_do_not_fit_the_method(
     assert code == 2
     assert "spec.params.bits" in text and "torchao-int8-weight" in text
     code, text, _ = run(
-        tmp_path, {**spec(minilm_path, tmp_path / "o", params={"bits": 5}), "method": "gptq"}, capsys
+        tmp_path,
+        {**spec(minilm_path, tmp_path / "o", params={"bits": 5}), "method": "gptq"},
+        capsys,
     )
     assert code == 2 and "spec.params.bits" in text
 
@@ -63,10 +65,12 @@ def test_params_that_do_not_fit_the_method(
 def test_task_that_does_not_fit_the_method(
     tmp_path: Path, minilm_path: Path, engine_env: EngineEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, text, doc = run(tmp_path, {**spec(minilm_path, tmp_path / "o"), "method": "awq"}, capsys)
+    code, _, doc = run(tmp_path, {**spec(minilm_path, tmp_path / "o"), "method": "awq"}, capsys)
     assert code == 2
     assert doc is not None and doc["reason"] == "InvalidSpec"
-    assert doc["message"].startswith("spec.method: method awq does not support task feature-extraction")
+    assert doc["message"].startswith(
+        "spec.method: method awq does not support task feature-extraction"
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -138,7 +142,7 @@ def test_unreachable_output_is_retryable(
     assert doc["message"].startswith("spec.output.uri: cannot write to s3://kq-out/model")
 
 
-def test_wrong_credentials(
+def test_wrong_credentials(  # noqa: PLR0917
     tmp_path: Path,
     minilm_path: Path,
     engine_env: EngineEnv,
@@ -187,7 +191,9 @@ def test_calibration_file_without_text_field(
 ) -> None:
     data = tmp_path / "calib.jsonl"
     data.write_text(json.dumps({"content": "x"}) + "\n")
-    s = spec(tiny_lm_path, tmp_path / "o", method="gptq", calibration={"datasetUri": f"file://{data}"})
+    s = spec(
+        tiny_lm_path, tmp_path / "o", method="gptq", calibration={"datasetUri": f"file://{data}"}
+    )
     code, _, doc = run(tmp_path, s, capsys)
     assert code == 2 and doc is not None
     assert doc["message"].startswith("spec.calibration.datasetUri:") and "line 1" in doc["message"]

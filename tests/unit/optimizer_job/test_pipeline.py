@@ -66,7 +66,7 @@ def poison_tensor(path: Path, name_part: str) -> None:
     with path.open("r+b") as fh:
         size = struct.unpack("<Q", fh.read(8))[0]
         header = json.loads(fh.read(size))
-        name, entry = next(
+        _, entry = next(
             (k, v) for k, v in header.items() if name_part in k and v.get("dtype") == "F32"
         )
         start, end = entry["data_offsets"]
@@ -154,14 +154,16 @@ def test_s3_source_and_output_through_a_real_s3_server(
     )
     code, text = run_engine(["run", "-f", str(manifest)], capsys)
     assert code == 0, text
-    keys = s3_env.keys("out/")
+    keys = s3_env.list_keys("out/")
     assert f"out/minilm-int8/{COMPLETE_MARKER}" in keys
     assert "out/minilm-int8/model.safetensors" in keys
-    assert not [k for k in s3_env.keys() if "kubequant-tmp" in k]
+    assert not [k for k in s3_env.list_keys() if "kubequant-tmp" in k]
     body = s3_env.client.get_object(Bucket=s3_env.bucket, Key="out/minilm-int8/results.json")
     result = Result.model_validate(json.loads(body["Body"].read())["result"])
     assert result.output_uri == f"s3://{s3_env.bucket}/out/minilm-int8"
-    marker = s3_env.client.get_object(Bucket=s3_env.bucket, Key=f"out/minilm-int8/{COMPLETE_MARKER}")
+    marker = s3_env.client.get_object(
+        Bucket=s3_env.bucket, Key=f"out/minilm-int8/{COMPLETE_MARKER}"
+    )
     assert json.loads(marker["Body"].read())["digest"] == result.output_digest
     assert "kqtest-secret" not in text
 
@@ -169,7 +171,9 @@ def test_s3_source_and_output_through_a_real_s3_server(
 def test_hf_source_dry_run_from_the_local_cache(
     minilm_path: Path, tmp_path: Path, engine_env: EngineEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    make_hf_cache(tmp_path / "hf-cache", "sentence-transformers/all-MiniLM-L6-v2", "main", minilm_path)
+    make_hf_cache(
+        tmp_path / "hf-cache", "sentence-transformers/all-MiniLM-L6-v2", "main", minilm_path
+    )
     results = tmp_path / "r.json"
     manifest = write_manifest(
         tmp_path / "m.yaml",

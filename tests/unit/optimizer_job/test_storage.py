@@ -119,7 +119,7 @@ def test_s3_publish_and_fetch_roundtrip(
     sink = OutputSink(uri, settings, overwrite=False)
     sink.check()
     sink.publish(staged, "sha256:1")
-    keys = s3_env.keys()
+    keys = s3_env.list_keys()
     assert keys == sorted(
         f"models/m1/{k}"
         for k in (COMPLETE_MARKER, "model.safetensors", ARTIFACT_META_FILE, "sub/extra.json")
@@ -128,7 +128,7 @@ def test_s3_publish_and_fetch_roundtrip(
         OutputSink(uri, settings, overwrite=False).check()
     (staged / "sub" / "extra.json").unlink()
     OutputSink(uri, settings, overwrite=True).publish(staged, "sha256:2")
-    assert f"models/m1/sub/extra.json" not in s3_env.keys()
+    assert "models/m1/sub/extra.json" not in s3_env.list_keys()
     got = fetch_model(uri, settings)
     assert (got / "model.safetensors").read_bytes() == b"weights" * 100
     assert (got / COMPLETE_MARKER).is_file()
@@ -152,7 +152,7 @@ def test_s3_failed_publish_leaves_nothing(
     monkeypatch.setattr(sink.loc.fs, "copy", flaky_copy)
     with pytest.raises(StorageUnavailableError, match=r"spec\.output\.uri"):
         sink.publish(staged, None)
-    assert s3_env.keys() == []
+    assert s3_env.list_keys() == []
 
 
 def test_s3_missing_bucket_and_wrong_credentials(
