@@ -113,11 +113,15 @@ def kubectl_new(local_cluster: Any, kubectl_new_bin: Path) -> Callable[..., Any]
     return run
 
 
-def _apply_chart(kubectl: Any, sets: tuple[str, ...], namespaces: list[str]) -> str:
+def _apply_chart(
+    kubectl: Any, sets: tuple[str, ...], namespaces: list[str], server_side: bool = False
+) -> str:
+    """``helm template | kubectl apply -f -`` (server-side like Flux and Argo CD's SSA)."""
     for ns in [NAMESPACE, *namespaces]:
         kubectl("create", "namespace", ns, check=True)
     manifest = render_text((), sets)
-    out = kubectl("apply", "-f", "-", input=manifest, check=True).stdout
+    mode = ["--server-side"] if server_side else []
+    out = kubectl("apply", *mode, "-f", "-", input=manifest, check=True).stdout
     return str(out)
 
 
@@ -258,10 +262,11 @@ def test_chart_applies_and_operator_with_rendered_settings_reaches_ready_cluster
 
 
 def test_chart_namespaced_rbac_covers_the_operator_in_its_namespace(
-    local_cluster: Any, kubectl: Any
+    local_cluster: Any, kubectl_new: Any
 ) -> None:
     sets = ("watchNamespaces={team-b}",)
-    _apply_chart(kubectl, sets, ["team-b"])
+    out = _apply_chart(kubectl_new, sets, ["team-b"], server_side=True)
+    assert "role.rbac.authorization.k8s.io/kq-kubequant serverside-applied" in out
     docs = [d for d in yaml.safe_load_all(render_text((), sets)) if d]
     settings = _operator_settings(docs, local_cluster.kubeconfig_path)
     assert settings.namespaces == ("team-b",)
