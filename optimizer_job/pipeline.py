@@ -105,6 +105,16 @@ def load_original(
         ) from exc
 
 
+def _quiet_progress_bars() -> None:
+    """Library progress bars would interleave with the JSON log lines on stderr."""
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is part of the engine image
+        pass
+
+
 class Pipeline:
     """One run of one spec."""
 
@@ -125,6 +135,7 @@ class Pipeline:
     # -- the whole run, with every failure mapped to an exit code
 
     def execute(self) -> RunOutcome:
+        _quiet_progress_bars()
         try:
             outcome = self._run()
         except StaleRunError as exc:
