@@ -506,6 +506,12 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                 preconditions=opts.get("preconditions"),
                 dry_run=dry_run or "All" in (opts.get("dryRun") or []),
             )
+            if res.key == ("batch", "jobs") and not opts.get("propagationPolicy"):
+                warnings.append(
+                    "child pods are preserved by default when jobs are deleted; set "
+                    "propagationPolicy=Background to remove them or set propagationPolicy=Orphan "
+                    "to suppress this warning"
+                )
             if gone:
                 return self._json(
                     {
@@ -519,9 +525,10 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                             "kind": res.plural,
                             "uid": obj["metadata"]["uid"],
                         },
-                    }
+                    },
+                    warnings=warnings,
                 )
-            return self._json(obj, status=200)
+            return self._json(obj, status=200, warnings=warnings)
         # deletecollection
         opts = self._delete_options(request, raw)
         items, _ = self.store.list_objects(res, ns, self._predicate(raw, None))

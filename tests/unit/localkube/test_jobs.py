@@ -254,3 +254,14 @@ def test_process_mode_falls_back_to_logs_and_missing_secret(h: Helper) -> None:
     )[0]
     waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
     assert waiting["reason"] == "CreateContainerConfigError"
+
+
+def test_job_deletion_orphans_pods_by_default(h: Helper) -> None:
+    h.create(job("keep"))
+    h.create(job("drop"))
+    wait_for(lambda: h.finished("keep") and h.finished("drop"))
+    h.store.delete(h.jobs, "default", "keep")  # the API's default for batch/v1 Jobs: Orphan
+    h.store.delete(h.jobs, "default", "drop", propagation="Background")
+    (orphan,) = h.pods_of("keep")
+    assert not orphan["metadata"].get("ownerReferences")
+    assert h.pods_of("drop") == []
