@@ -291,10 +291,12 @@ class KubeStatusReporter:
         return False
 
     def _write_progress(self, progress: dict[str, Any], key: tuple[str, str | None]) -> None:
+        # Throttle attempts, not successes: an unreachable API server costs at most one
+        # attempt per interval (per stage), never one per progress callback.
         self._pending = None
-        if self._write("progress", progress):
-            self._last_key = key
-            self._last_write = self.clock()
+        self._last_key = key
+        self._last_write = self.clock()
+        self._write("progress", progress)
 
     def _flush(self) -> None:
         pending = self._pending

@@ -216,14 +216,23 @@ def test_unreachable_api_is_logged_not_raised(
     monkeypatch.setenv("KUBECONFIG", str(dead))
     with pytest.raises(KubeApiError):
         load_object(NS, NAME)
-    r = reporter(request_timeout=2.0)
+    clock = FakeClock()
+    r = reporter(clock, request_timeout=2.0, min_interval=1.0)
     with caplog.at_level(logging.WARNING, logger="optimizer_job.report.kube"):
         r.stage(Stage.LOADING, 5)
-        r.result(Result(method="torchao-int8-weight"))
+        for pct in range(6, 50):  # failed attempts are throttled too: no request here
+            r.stage(Stage.LOADING, pct)
+        r.result(Result(method="torchao-int8-weight"))  # flushes the pending progress
         r.finish(ExitCode.RETRYABLE, {})
     r.close()
     assert r.writes == 0 and r.stale is None
-    assert sum("not written" in rec.getMessage() for rec in caplog.records) == 2
+    failed = [rec.getMessage() for rec in caplog.records if "not written" in rec.getMessage()]
+    assert len(failed) == 3, failed
+    assert [m.split(":")[0] for m in failed] == [
+        "status.progress not written",
+        "status.progress not written",
+        "status.result not written",
+    ]
 
 
 def test_missing_kubeconfig_disables_status_reporting(
