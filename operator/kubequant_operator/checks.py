@@ -17,7 +17,8 @@ def compatibility_problem(spec: ModelOptimizationSpec) -> InvalidSpecError | Non
         return None
     if spec.method == "auto":
         methods: list[tuple[str, str]] = [
-            (f"spec.candidates[{i}].method", str(c.method)) for i, c in enumerate(spec.candidates or [])
+            (f"spec.candidates[{i}].method", str(c.method))
+            for i, c in enumerate(spec.candidates or [])
         ]
     else:
         methods = [("spec.method", str(spec.method))]

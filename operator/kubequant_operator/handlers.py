@@ -137,7 +137,9 @@ async def periodic_resync(
                 await reconciler.reconcile(namespace, name)
             except ReconcileError as exc:
                 metrics.reconcile_errors.inc()
-                log.warning("resync failed: %s", exc, extra={"namespace": namespace, "object": name})
+                log.warning(
+                    "resync failed: %s", exc, extra={"namespace": namespace, "object": name}
+                )
 
     while not stop.is_set():
         try:

@@ -22,7 +22,8 @@ def _job(obj: dict[str, Any], s: Settings = S) -> dict[str, Any]:
 
 
 def _container(job: dict[str, Any]) -> dict[str, Any]:
-    return job["spec"]["template"]["spec"]["containers"][0]
+    container: dict[str, Any] = job["spec"]["template"]["spec"]["containers"][0]
+    return container
 
 
 def _env(job: dict[str, Any]) -> dict[str, str]:

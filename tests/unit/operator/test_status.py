@@ -27,17 +27,15 @@ from tests.fixtures.operator import job_with, make_object, pod_for
 
 S = Settings(pending_deadline_seconds=300)
 NOW = datetime(2026, 11, 25, 10, 5, 0, tzinfo=UTC)
-SUMMARY = {
-    "exitCode": 0,
-    "result": {
-        "generation": 1,
-        "method": "torchao-int8-weight",
-        "compressionRatio": 3.1,
-        "cosineSimilarity": 0.9996,
-        "qualityGate": "Passed",
-        "outputUri": "pvc://models/minilm-int8",
-    },
+RESULT: dict[str, Any] = {
+    "generation": 1,
+    "method": "torchao-int8-weight",
+    "compressionRatio": 3.1,
+    "cosineSimilarity": 0.9996,
+    "qualityGate": "Passed",
+    "outputUri": "pvc://models/minilm-int8",
 }
+SUMMARY: dict[str, Any] = {"exitCode": 0, "result": RESULT}
 
 
 def _compute(
@@ -109,7 +107,7 @@ def test_running() -> None:
 
 
 def test_succeeded_with_result_written_by_engine() -> None:
-    obj = make_object(status={"result": SUMMARY["result"], "phase": "Running"})
+    obj = make_object(status={"result": RESULT, "phase": "Running"})
     job = job_with(
         _job(obj),
         succeeded=1,
@@ -138,7 +136,7 @@ def test_succeeded_dry_run_reason() -> None:
 
 
 def test_result_of_older_generation_is_not_enough_and_harvest_from_termination_message() -> None:
-    old_result = {**SUMMARY["result"], "generation": 1}
+    old_result = {**RESULT, "generation": 1}
     obj = make_object(generation=2, status={"result": old_result})
     job = job_with(_job(obj), succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
     summary = json.loads(json.dumps(SUMMARY))
@@ -164,7 +162,7 @@ def test_harvest_ignores_other_generations_and_non_json() -> None:
     ]
     assert harvest_from_pods(pods, 2) is None
     # a summary without a generation is taken as the run's own
-    bare = {"result": {k: v for k, v in SUMMARY["result"].items() if k != "generation"}}
+    bare = {"result": {k: v for k, v in RESULT.items() if k != "generation"}}
     pods = [
         pod_for(job, phase="Succeeded", terminated={"exitCode": 0, "message": json.dumps(bare)})
     ]
@@ -284,7 +282,7 @@ def test_deadline_exceeded() -> None:
 def test_quality_gate_message_uses_harvested_metrics() -> None:
     obj = make_object()
     job = _failed(obj, "PodFailurePolicy")
-    result = {**SUMMARY["result"], "qualityGate": "Failed", "cosineSimilarity": 0.91}
+    result = {**RESULT, "qualityGate": "Failed", "cosineSimilarity": 0.91}
     summary = json.dumps({"exitCode": 3, "result": result})
     pods = [pod_for(job, phase="Failed", terminated={"exitCode": 3, "message": summary})]
     up = _compute(obj, job, pods, harvested=harvest_from_pods(pods, 1))
@@ -427,7 +425,7 @@ def test_last_transition_time_kept_when_status_unchanged() -> None:
     assert second.patch is None  # nothing changed: no write
     assert second.events == []
     done = job_with(_job(obj), succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
-    obj3 = {**obj, "status": {**first.status, "result": SUMMARY["result"]}}
+    obj3 = {**obj, "status": {**first.status, "result": RESULT}}
     third = _compute(obj3, done, [], now=later)
     c = _conds(third)
     assert c["Ready"]["lastTransitionTime"] == rfc3339(later)  # False -> True
@@ -448,7 +446,7 @@ def test_new_generation_resets_ready_and_updates_observed_generation() -> None:
                 "observedGeneration": 1,
             }
         ],
-        "result": SUMMARY["result"],
+        "result": RESULT,
     }
     obj = make_object(generation=2, status=done_status)
     assert not is_terminal_for_generation(obj)
