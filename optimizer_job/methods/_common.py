@@ -1,0 +1,123 @@
+"""Helpers the method modules share (not a method: nothing here registers)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kubequant_api.constants import Task
+from optimizer_job.methods.base import IncompatibleError, MethodError, QuantizeRequest
+
+log = logging.getLogger("optimizer_job.methods")
+
+TASK_FIELD = "spec.model.task"
+ALL_TASKS: frozenset[Task] = frozenset(
+    {Task.CAUSAL_LM, Task.FEATURE_EXTRACTION, Task.SEQUENCE_CLASSIFICATION}
+)
+# Exceptions a quantization library raises when it fails; turned into MethodError.
+LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    NotImplementedError,
+    AssertionError,
+    IndexError,
+    ImportError,
+    OSError,
+)
+
+
+def check_task(name: str, supported: frozenset[Task], task: Task | str) -> Task:
+    """The request's task, or IncompatibleError naming spec.model.task."""
+    resolved = Task(task)
+    if resolved not in supported:
+        tasks = ", ".join(sorted(t.value for t in supported))
+        raise IncompatibleError(
+            TASK_FIELD,
+            f"method {name} cannot quantize a {resolved.value} model (supports: {tasks})",
+        )
+    return resolved
+
+
+def check_device(name: str, support: str, device: str) -> None:
+    """IncompatibleError when ``device`` cannot run this method, or CUDA is not there.
+
+    CPU-only methods (``support == "cpu"``) run on the CPU whatever device was offered.
+    """
+    kind = device.split(":", 1)[0]
+    if support == "cpu":
+        return
+    if support == "cuda" and kind != "cuda":
+        raise IncompatibleError(
+            "spec.resources.gpu", f"method {name} runs on {support} only, not on {kind}"
+        )
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise IncompatibleError(
+                "spec.resources.gpu",
+                f"method {name} was asked to run on CUDA but no GPU is visible",
+            )
+
+
+@contextmanager
+def library_errors(name: str, stage: str) -> Iterator[None]:
+    """Turn a library's exception into MethodError, keeping the library's message."""
+    try:
+        yield
+    except (IncompatibleError, MethodError):
+        raise
+    except LIBRARY_ERRORS as exc:
+        raise MethodError(f"{name}: {stage} failed: {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def timed(name: str, stage: str) -> Iterator[None]:
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        log.info(
+            "%s %s took %.2fs",
+            name,
+            stage,
+            time.monotonic() - start,
+            extra={"method": name, "stage": stage, "seconds": round(time.monotonic() - start, 3)},
+        )
+
+
+def release(*objects: Any) -> None:
+    """Drop references and collect, returning model memory before the next big allocation."""
+    del objects
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def artifact_files(out_dir: Path) -> list[str]:
+    """Relative paths of every file written into the artifact, sorted."""
+    return sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    return dtypes[name]
+
+
+def device_map(request: QuantizeRequest) -> str:
+    return "cuda:0" if request.device.startswith("cuda") else "cpu"

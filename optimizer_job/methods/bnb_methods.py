@@ -1,0 +1,120 @@
+"""bitsandbytes through transformers' ``BitsAndBytesConfig``: LLM.int8, NF4 and FP4.
+
+The model is quantized while it loads and saved at once, before any forward pass:
+bitsandbytes' CPU backend repacks 4-bit quantization state on the first forward on CPUs
+with avx512_bf16, and a checkpoint saved after that is silently corrupt (FINDINGS). Saving
+first keeps the artifact right with or without double quantization.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kubequant_api.constants import Task
+from optimizer_job import modeling
+from optimizer_job.methods._common import (
+    ALL_TASKS,
+    artifact_files,
+    check_device,
+    check_task,
+    device_map,
+    library_errors,
+    release,
+    timed,
+    torch_dtype,
+)
+from optimizer_job.methods.base import (
+    ArtifactInfo,
+    InferenceModel,
+    QuantizationMethod,
+    QuantizeRequest,
+    register,
+)
+
+
+class _Bnb(QuantizationMethod):
+    supported_tasks: ClassVar[frozenset[Task]] = ALL_TASKS
+    needs_calibration: ClassVar[bool] = False
+    device_support: ClassVar[str] = "any"
+
+    def _config(self, params: Any) -> Any:
+        raise NotImplementedError
+
+    def quantize(self, request: QuantizeRequest) -> ArtifactInfo:
+        import torch
+
+        task = check_task(self.name, self.supported_tasks, request.task)
+        check_device(self.name, self.device_support, request.device)
+        request.progress(5)
+        with library_errors(self.name, "quantization"), timed(self.name, "quantize"):
+            model = modeling.auto_class(task).from_pretrained(
+                str(request.source_dir),
+                dtype=torch.float32,
+                quantization_config=self._config(request.params),
+                device_map=device_map(request),
+                trust_remote_code=request.trust_remote_code,
+            )
+        request.progress(70)
+        # No forward pass may run before this save (see the module docstring).
+        with library_errors(self.name, "saving"), timed(self.name, "save"):
+            model.save_pretrained(str(request.out_dir), safe_serialization=True)
+        release(model)
+        del model
+        modeling.copy_tokenizer(request.source_dir, request.out_dir)
+        request.progress(100)
+        return ArtifactInfo(
+            method=self.name,
+            params=request.params.to_api(),
+            task=task.value,
+            format="safetensors",
+            files=artifact_files(request.out_dir),
+            extra={"library": "bitsandbytes", "savedBeforeForward": True},
+        )
+
+    def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:
+        with library_errors(self.name, "loading the artifact"):
+            model = modeling.auto_class(info.task).from_pretrained(
+                str(artifact_dir), device_map="cuda:0" if device.startswith("cuda") else "cpu"
+            )
+        return modeling.TorchInferenceModel(model, info.task, device)
+
+
+@register
+class BnbInt8(_Bnb):
+    name = "bnb-int8"
+    expected_size_ratio: ClassVar[float] = 0.27
+
+    def _config(self, params: Any) -> Any:
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_8bit=True, llm_int8_threshold=float(params.threshold)
+        )
+
+
+class _Bnb4Bit(_Bnb):
+    quant_type: ClassVar[str]
+    expected_size_ratio: ClassVar[float] = 0.16
+
+    def _config(self, params: Any) -> Any:
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=bool(params.double_quant),
+            bnb_4bit_compute_dtype=torch_dtype(str(params.compute_dtype)),
+        )
+
+
+@register
+class BnbNf4(_Bnb4Bit):
+    name = "bnb-nf4"
+    quant_type = "nf4"
+
+
+@register
+class BnbFp4(_Bnb4Bit):
+    name = "bnb-fp4"
+    quant_type = "fp4"

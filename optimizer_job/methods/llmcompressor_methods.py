@@ -1,0 +1,223 @@
+"""GPTQ and AWQ through llm-compressor's ``oneshot`` (the maintained successor route to the
+archived auto-gptq).
+
+Both calibrate on the request's texts, quantize every ``Linear`` but the LM head, and save a
+compressed-tensors checkpoint (``save_compressed=True``): the files on disk hold the packed
+low-bit weights. transformers reloads it with plain ``from_pretrained``; on CPU the
+compressed-tensors integration decompresses the weights into ordinary fp32 ``Linear``
+layers, which is what evaluation runs (the on-disk size is still the compressed one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kubequant_api.constants import Task
+from optimizer_job import modeling
+from optimizer_job.methods._common import (
+    artifact_files,
+    check_device,
+    check_task,
+    library_errors,
+    release,
+    timed,
+)
+from optimizer_job.methods.base import (
+    ArtifactInfo,
+    IncompatibleError,
+    InferenceModel,
+    QuantizationMethod,
+    QuantizeRequest,
+    register,
+)
+
+CALIBRATION_FIELD = "spec.calibration"
+GROUP_SIZE_FIELD = "spec.params.groupSize"
+
+
+def _calibration_dataset(
+    tokenizer: Any, texts: Sequence[str], sequence_length: int, name: str
+) -> Any:
+    from datasets import Dataset
+
+    samples = [t for t in texts if t.strip()]
+    if not samples:
+        raise IncompatibleError(
+            CALIBRATION_FIELD, f"method {name} needs calibration texts and none were given"
+        )
+    encoded = tokenizer(
+        samples, truncation=True, max_length=sequence_length, add_special_tokens=True
+    )
+    rows = [
+        {"input_ids": ids, "attention_mask": mask}
+        for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
+        if len(ids) >= 2
+    ]
+    if not rows:
+        raise IncompatibleError(CALIBRATION_FIELD, "every calibration text tokenized to < 2 tokens")
+    return Dataset.from_list(rows)
+
+
+def _check_group_size(model: Any, group_size: int) -> None:
+    import torch
+
+    if group_size <= 0:
+        return
+    head = model.get_output_embeddings()
+    for fqn, module in model.named_modules():
+        linear = isinstance(module, torch.nn.Linear) and module is not head
+        if linear and module.in_features % group_size:
+            raise IncompatibleError(
+                GROUP_SIZE_FIELD,
+                f"layer {fqn} has {module.in_features} input features, not a multiple of "
+                f"groupSize {group_size}",
+            )
+
+
+def _head_names(model: Any) -> list[str]:
+    head = model.get_output_embeddings()
+    return [name for name, module in model.named_modules() if head is not None and module is head]
+
+
+@contextmanager
+def _no_pinning_without_accelerator() -> Iterator[None]:
+    """llm-compressor 0.14's AWQ pins its CPU activation cache (``Tensor.pin_memory``) before
+    each smoothing grid search, which raises "Cannot access accelerator device when none is
+    available" on a CPU-only torch. Pinning only speeds up host-to-device copies, so with no
+    accelerator the pin is skipped for the duration of the call (and restored after)."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.accelerator.is_available():
+        yield
+        return
+    original = IntermediatesCache.pin_memory
+
+    def skip_pin(self: Any, batch_index: int, input_names: list[str] | None = None) -> None:
+        return None
+
+    IntermediatesCache.pin_memory = skip_pin  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original  # type: ignore[method-assign]
+
+
+class _LlmCompressor(QuantizationMethod):
+    supported_tasks: ClassVar[frozenset[Task]] = frozenset({Task.CAUSAL_LM})
+    needs_calibration: ClassVar[bool] = True
+    device_support: ClassVar[str] = "any"
+
+    def _recipe(self, params: Any, ignore: list[str]) -> Any:
+        raise NotImplementedError
+
+    def _group_size(self, params: Any) -> int:
+        return int(params.group_size)
+
+    def quantize(self, request: QuantizeRequest) -> ArtifactInfo:
+        import torch
+
+        task = check_task(self.name, self.supported_tasks, request.task)
+        check_device(self.name, self.device_support, request.device)
+        # llm-compressor logs through loguru at INFO; keep the engine's JSON logs readable.
+        logging.getLogger("llmcompressor").setLevel(logging.WARNING)
+        request.progress(5)
+        tokenizer = modeling.load_tokenizer(request.source_dir, request.trust_remote_code)
+        dataset = _calibration_dataset(
+            tokenizer, request.calibration, request.sequence_length, self.name
+        )
+        with library_errors(self.name, "loading the model"):
+            model = modeling.auto_class(task).from_pretrained(
+                str(request.source_dir),
+                dtype=torch.float32,
+                trust_remote_code=request.trust_remote_code,
+            )
+        _check_group_size(model, self._group_size(request.params))
+        ignore = _head_names(model)
+        request.progress(15)
+        with library_errors(self.name, "calibration and quantization"), timed(self.name, "oneshot"):
+            from llmcompressor.entrypoints.oneshot import oneshot
+
+            with _no_pinning_without_accelerator():
+                oneshot(
+                    model=model,
+                    tokenizer=tokenizer,
+                    dataset=dataset,
+                    recipe=self._recipe(request.params, ignore),
+                    max_seq_length=request.sequence_length,
+                    num_calibration_samples=len(dataset),
+                    shuffle_calibration_samples=False,
+                )
+        request.progress(85)
+        with library_errors(self.name, "saving"), timed(self.name, "save"):
+            model.save_pretrained(str(request.out_dir), save_compressed=True)
+        release(model)
+        del model
+        modeling.copy_tokenizer(request.source_dir, request.out_dir)
+        request.progress(100)
+        return ArtifactInfo(
+            method=self.name,
+            params=request.params.to_api(),
+            task=task.value,
+            format="compressed-tensors",
+            files=artifact_files(request.out_dir),
+            extra={"library": "llmcompressor", "calibrationSamples": len(dataset)},
+        )
+
+    def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:
+        with library_errors(self.name, "loading the artifact"):
+            model = modeling.auto_class(info.task).from_pretrained(
+                str(artifact_dir), device_map="cuda:0" if device.startswith("cuda") else "cpu"
+            )
+        return modeling.TorchInferenceModel(model, info.task, device)
+
+
+def _weight_scheme(bits: int, group_size: int, symmetric: bool, actorder: str | None = None) -> Any:
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    weights = QuantizationArgs(
+        num_bits=bits,
+        type="int",
+        symmetric=symmetric,
+        strategy="group" if group_size > 0 else "channel",
+        group_size=group_size if group_size > 0 else None,
+        actorder=actorder,
+    )
+    return QuantizationScheme(targets=["Linear"], weights=weights)
+
+
+@register
+class Gptq(_LlmCompressor):
+    name = "gptq"
+    expected_size_ratio: ClassVar[float] = 0.16
+
+    def _recipe(self, params: Any, ignore: list[str]) -> Any:
+        from llmcompressor.modifiers.quantization import GPTQModifier
+
+        scheme = _weight_scheme(
+            int(params.bits),
+            int(params.group_size),
+            bool(params.sym),
+            "weight" if params.desc_act else None,
+        )
+        return GPTQModifier(config_groups={"group_0": scheme}, ignore=ignore)
+
+
+@register
+class Awq(_LlmCompressor):
+    name = "awq"
+    expected_size_ratio: ClassVar[float] = 0.16
+
+    def _recipe(self, params: Any, ignore: list[str]) -> Any:
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+        from llmcompressor.modifiers.transform import AWQModifier
+
+        scheme = _weight_scheme(int(params.bits), int(params.group_size), symmetric=False)
+        return [
+            AWQModifier(duo_scaling=True),
+            QuantizationModifier(config_groups={"group_0": scheme}, ignore=ignore),
+        ]

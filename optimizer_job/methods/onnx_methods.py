@@ -1,0 +1,176 @@
+"""ONNX export (torch.onnx, dynamo) plus ONNX Runtime dynamic int8 quantization, for CPU serving.
+
+The fp32 graph is exported with dynamic batch and sequence axes, then
+``onnxruntime.quantization.quantize_dynamic`` stores int8 weights (per output channel by
+default) and quantizes activations on the fly. The artifact is ``model.onnx`` (plus
+``model.onnx.data`` for models over the 2 GB protobuf limit) and runs with an ONNX Runtime
+``InferenceSession`` on the CPU execution provider.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kubequant_api.constants import Task
+from optimizer_job import modeling
+from optimizer_job.methods._common import (
+    ALL_TASKS,
+    artifact_files,
+    check_device,
+    check_task,
+    library_errors,
+    release,
+    timed,
+)
+from optimizer_job.methods.base import (
+    ArtifactInfo,
+    InferenceModel,
+    MethodError,
+    QuantizationMethod,
+    QuantizeRequest,
+    register,
+)
+
+ONNX_FILE = "model.onnx"
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAMES = {
+    Task.CAUSAL_LM: "logits",
+    Task.FEATURE_EXTRACTION: "last_hidden_state",
+    Task.SEQUENCE_CLASSIFICATION: "logits",
+}
+# Models whose fp32 weights pass this size keep their weights in an external data file.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def _export_module(model: Any, task: Task) -> Any:
+    import torch
+
+    class ExportWrapper(torch.nn.Module):
+        """One tensor out, no KV cache: the graph evaluation and serving run."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if task == Task.CAUSAL_LM:
+                kwargs["use_cache"] = False
+            out: torch.Tensor = modeling.output_tensor(task, self.model(**kwargs))
+            return out
+
+    return ExportWrapper().eval()
+
+
+class OnnxInferenceModel:
+    """An ``InferenceModel`` over an ONNX Runtime session."""
+
+    def __init__(self, path: Path, task: Task | str) -> None:
+        import onnxruntime as ort
+
+        self.task = Task(task)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session: Any = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        import numpy as np
+
+        feeds = {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+        }
+        out = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
+        return np.asarray(out[0], dtype=np.float32)
+
+    def close(self) -> None:
+        self.session = None
+
+
+@register
+class OnnxInt8(QuantizationMethod):
+    name = "onnx-int8"
+    supported_tasks: ClassVar[frozenset[Task]] = ALL_TASKS
+    needs_calibration: ClassVar[bool] = False
+    device_support: ClassVar[str] = "cpu"
+    expected_size_ratio: ClassVar[float] = 0.26
+
+    def quantize(self, request: QuantizeRequest) -> ArtifactInfo:
+        import torch
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        task = check_task(self.name, self.supported_tasks, request.task)
+        check_device(self.name, self.device_support, request.device)
+        per_channel = bool(getattr(request.params, "per_channel", True))
+        request.progress(5)
+        with library_errors(self.name, "loading the model"):
+            model = modeling.auto_class(task).from_pretrained(
+                str(request.source_dir),
+                dtype=torch.float32,
+                trust_remote_code=request.trust_remote_code,
+            )
+        fp32_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        external = fp32_bytes > EXTERNAL_DATA_BYTES
+        staging = request.out_dir / ".fp32-export"
+        staging.mkdir(parents=True, exist_ok=True)
+        exported = staging / ONNX_FILE
+        ids = torch.ones((2, 16), dtype=torch.long)
+        mask = torch.ones((2, 16), dtype=torch.long)
+        mask[1, 12:] = 0
+        batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=2)
+        request.progress(10)
+        try:
+            with library_errors(self.name, "ONNX export"), timed(self.name, "export"):
+                program = torch.onnx.export(
+                    _export_module(model, task),
+                    (ids, mask),
+                    dynamo=True,
+                    input_names=list(INPUT_NAMES),
+                    output_names=[OUTPUT_NAMES[task]],
+                    dynamic_shapes={
+                        "input_ids": {0: batch, 1: seq},
+                        "attention_mask": {0: batch, 1: seq},
+                    },
+                    optimize=True,
+                )
+                if program is None:
+                    raise MethodError(f"{self.name}: torch.onnx.export returned no program")
+                release(model)
+                del model
+                program.save(str(exported), external_data=external)
+                del program
+            request.progress(60)
+            with library_errors(self.name, "int8 quantization"), timed(self.name, "quantize"):
+                quantize_dynamic(
+                    exported,
+                    request.out_dir / ONNX_FILE,
+                    per_channel=per_channel,
+                    weight_type=QuantType.QInt8,
+                    use_external_data_format=external,
+                )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        modeling.copy_tokenizer(request.source_dir, request.out_dir)
+        request.progress(100)
+        return ArtifactInfo(
+            method=self.name,
+            params=request.params.to_api(),
+            task=task.value,
+            format="onnx",
+            files=artifact_files(request.out_dir),
+            extra={
+                "inputs": list(INPUT_NAMES),
+                "output": OUTPUT_NAMES[task],
+                "fp32WeightBytes": fp32_bytes,
+                "externalData": external,
+            },
+        )
+
+    def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:
+        with library_errors(self.name, "loading the artifact"):
+            return OnnxInferenceModel(artifact_dir / ONNX_FILE, info.task)

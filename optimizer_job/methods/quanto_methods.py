@@ -1,0 +1,113 @@
+"""optimum-quanto weight quantization (int8, int4) with quanto's own save and reload.
+
+transformers' ``QuantoConfig`` refuses to save, so the artifact is written with quanto's
+``QuantizedTransformersModel`` (safetensors plus ``quanto_qmap.json``) and reloaded by the
+same class, which re-creates the quantized modules from the map (FINDINGS: exact). int4
+kernels refuse inference tensors, so those artifacts run under ``torch.no_grad``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kubequant_api.constants import Task
+from optimizer_job import modeling
+from optimizer_job.methods._common import (
+    ALL_TASKS,
+    artifact_files,
+    check_device,
+    check_task,
+    device_map,
+    library_errors,
+    release,
+    timed,
+)
+from optimizer_job.methods.base import (
+    ArtifactInfo,
+    InferenceModel,
+    QuantizationMethod,
+    QuantizeRequest,
+    register,
+)
+
+
+def _wrapper_class(task: Task | str) -> Any:
+    """quanto's reload class for ``task`` (quanto ships only the causal-LM one)."""
+    from optimum.quanto import QuantizedModelForCausalLM, QuantizedTransformersModel
+
+    if Task(task) == Task.CAUSAL_LM:
+        return QuantizedModelForCausalLM
+    auto = modeling.auto_class(task)
+    return type(
+        f"QuantizedModelFor{auto.__name__.removeprefix('AutoModel') or 'FeatureExtraction'}",
+        (QuantizedTransformersModel,),
+        {"auto_class": auto},
+    )
+
+
+class _Quanto(QuantizationMethod):
+    supported_tasks: ClassVar[frozenset[Task]] = ALL_TASKS
+    needs_calibration: ClassVar[bool] = False
+    device_support: ClassVar[str] = "any"
+    weights: ClassVar[str]
+    grad_mode: ClassVar[str] = "inference"
+
+    def quantize(self, request: QuantizeRequest) -> ArtifactInfo:
+        import torch
+
+        task = check_task(self.name, self.supported_tasks, request.task)
+        check_device(self.name, self.device_support, request.device)
+        request.progress(5)
+        with library_errors(self.name, "loading the model"):
+            model = modeling.auto_class(task).from_pretrained(
+                str(request.source_dir),
+                dtype=torch.float32,
+                device_map=device_map(request),
+                trust_remote_code=request.trust_remote_code,
+            )
+        head = model.get_output_embeddings()
+        exclude = [
+            name for name, module in model.named_modules() if head is not None and module is head
+        ]
+        request.progress(30)
+        with library_errors(self.name, "quantization"), timed(self.name, "quantize"):
+            wrapped = _wrapper_class(task).quantize(
+                model, weights=self.weights, exclude=exclude or None
+            )
+        request.progress(70)
+        with library_errors(self.name, "saving"), timed(self.name, "save"):
+            wrapped.save_pretrained(str(request.out_dir))
+        release(model, wrapped)
+        del model, wrapped
+        modeling.copy_tokenizer(request.source_dir, request.out_dir)
+        request.progress(100)
+        return ArtifactInfo(
+            method=self.name,
+            params=request.params.to_api(),
+            task=task.value,
+            format="quanto",
+            files=artifact_files(request.out_dir),
+            extra={"weights": self.weights, "excluded": exclude},
+        )
+
+    def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:
+        with library_errors(self.name, "loading the artifact"):
+            wrapped = _wrapper_class(info.task).from_pretrained(str(artifact_dir))
+            model = wrapped._wrapped.to("cuda:0" if device.startswith("cuda") else "cpu")
+        return modeling.TorchInferenceModel(model, info.task, device, grad_mode=self.grad_mode)
+
+
+@register
+class QuantoInt8(_Quanto):
+    name = "quanto-int8"
+    weights = "qint8"
+    expected_size_ratio: ClassVar[float] = 0.27
+
+
+@register
+class QuantoInt4(_Quanto):
+    name = "quanto-int4"
+    weights = "qint4"
+    grad_mode = "no_grad"
+    expected_size_ratio: ClassVar[float] = 0.16

@@ -1,0 +1,1 @@
+"""Tests of the quantization methods, run on real models."""
