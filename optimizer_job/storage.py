@@ -483,12 +483,3 @@ class OutputSink:
                     fs.rm(tmp, recursive=True)
             except Exception:  # noqa: BLE001
                 log.warning("could not remove temporary output prefix")
-
-    def write_file(self, rel: str, data: bytes) -> None:
-        """Write one small file below the output (used for results of failed local runs)."""
-        try:
-            if self.loc.is_local:
-                Path(self.loc.path).mkdir(parents=True, exist_ok=True)
-            self.loc.fs.pipe_file(self.loc.child(rel), data)
-        except Exception as exc:
-            raise classify(exc, OUTPUT_FIELD, self.uri, "write to") from exc
