@@ -135,3 +135,15 @@ def test_held_out_evaluation_never_overlaps_calibration(
     builtin = select_texts(parse_spec(base), load_settings(), needs_calibration=True)
     assert len(builtin.calibration) == 128 and builtin.evaluation
     assert not set(builtin.calibration) & set(builtin.evaluation)
+
+
+def test_sequence_classification_label_agreement() -> None:
+    ids = np.zeros((4, 3), dtype=np.int64)
+    mask = np.ones((4, 3), dtype=np.int64)
+    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], dtype=np.float32)
+    ref, cand = Outputs(Task.SEQUENCE_CLASSIFICATION), Outputs(Task.SEQUENCE_CLASSIFICATION)
+    _collect(ref, logits, ids, mask)
+    _collect(cand, logits[:, ::-1].copy(), ids, mask)  # every label flipped
+    c = compare(ref, cand, inputs_of(ids, mask))
+    assert c.top1_agreement == 0.0 and c.perplexity_increase_percent is None
+    assert ref.perplexity is None
