@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubequant_localkube import errors
 from kubequant_localkube.store import Obj, Store, WatchEvent, now_rfc3339
@@ -190,6 +190,7 @@ class JobController:
         self._pod_events: dict[tuple[str, str], asyncio.Event] = {}
         self._queue: asyncio.Queue[WatchEvent] | None = None
         self._main: asyncio.Task[None] | None = None
+        self._pod_tasks: set[asyncio.Task[PodResult]] = set()
 
     # ------------------------------------------------------------------ paths
     def pvc_dir(self, claim: str) -> Path:
@@ -214,7 +215,8 @@ class JobController:
 
     async def stop(self) -> None:
         self.store.remove_listener(self._on_event)
-        tasks = [t for t in self._tasks.values() if not t.done()]
+        tasks: list[asyncio.Task[Any]] = [t for t in self._tasks.values() if not t.done()]
+        tasks += [t for t in self._pod_tasks if not t.done()]
         if self._main is not None:
             tasks.append(self._main)
         for t in tasks:
@@ -338,6 +340,8 @@ class JobController:
                 await self._wait_change(ns, name, 1.0)
                 continue
             run = asyncio.create_task(self._run_pod(job, ns, pod_name, outcome))
+            self._pod_tasks.add(run)
+            run.add_done_callback(self._pod_tasks.discard)
             result = await self._supervise(job, run, pod_name=pod_name)
             job = self._get_job(ns, name, uid)
             if job is None or result is None:
@@ -384,13 +388,15 @@ class JobController:
         while True:
             deadline = self._deadline_left(job)
             waiter = asyncio.create_task(self._wait_change(ns, name, None))
-            done, _ = await asyncio.wait(
-                {run, waiter}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
-            )
-            if waiter not in done:
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+            try:
+                done, _ = await asyncio.wait(
+                    {run, waiter}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiter
             if run in done:
                 return run.result()
             current = self._get_job(ns, name, uid)
@@ -861,7 +867,12 @@ class JobController:
         waiter = asyncio.create_task(proc.wait())
         while not waiter.done():
             gone = asyncio.create_task(self._wait_pod_deleted(ns, pod, 1.0))
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                gone.cancel()
+                waiter.cancel()
+                raise
             self._publish_log(ns, pod, log_path)
             if gone.done() and gone.result() and not waiter.done():
                 killed = True
@@ -905,6 +916,7 @@ class JobController:
                 local = local / vm["subPath"]
             local.mkdir(parents=True, exist_ok=True)
             out.append((str(vm["mountPath"]).rstrip("/") or "/", str(local)))
+        out += _parent_mappings(out)
         out.sort(key=lambda m: len(m[0]), reverse=True)
         return out
 
@@ -1007,6 +1019,24 @@ class JobController:
 
     def cleanup_pod_dirs(self) -> None:
         shutil.rmtree(self.state_dir / "pods", ignore_errors=True)
+
+
+def _parent_mappings(mounts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Directories above mount points that map consistently, e.g. ``/mnt/kubequant/pvc`` ->
+    ``<state>/pvc`` when ``/mnt/kubequant/pvc/<claim>`` -> ``<state>/pvc/<claim>`` for every
+    mounted claim (the engine resolves ``pvc://claim/path`` against the mount root)."""
+    found: dict[str, str | None] = {}
+    for mount, local in mounts:
+        parts = mount.strip("/").split("/")
+        for depth in range(1, len(parts)):
+            parent = "/" + "/".join(parts[:depth])
+            suffix = mount[len(parent) :]
+            guess = local[: -len(suffix)] if local.endswith(suffix) else None
+            if parent in found and found[parent] != guess:
+                guess = None
+            found[parent] = guess
+    taken = {m for m, _ in mounts}
+    return [(p, lp) for p, lp in found.items() if lp and p not in taken]
 
 
 def _finished(job: Obj) -> bool:

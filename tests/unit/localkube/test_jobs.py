@@ -150,7 +150,7 @@ def test_unschedulable_until_deadline(h: Helper) -> None:
     h.cluster.outcomes["pull"] = Outcome(
         waiting="ImagePullBackOff", waiting_message="no such image"
     )
-    h.create(job("stuck", activeDeadlineSeconds=1))
+    h.create(job("stuck", activeDeadlineSeconds=3))
     h.create(job("pull"))
     pod = wait_for(lambda: [p for p in h.pods_of("stuck") if p["status"].get("conditions")])[0]
     sched = pod["status"]["conditions"][0]
@@ -193,6 +193,7 @@ def test_process_mode_runs_the_command(h: Helper, tmp_path: Any) -> None:
         "open(out, 'w').write(os.environ['GREETING'])\n"
         "open(os.environ['TERM_LOG'], 'w').write('wrote ' + os.environ['OUT_DIR'])\n"
         "print('to the log')\n"
+        "assert os.path.isdir(os.path.join(os.environ['PVC_ROOT'], 'models', 'out'))\n"
         "assert os.environ['KUBECONFIG'], 'kubeconfig injected'\n"
         "sys.exit(3)\n"
     )
@@ -203,6 +204,7 @@ def test_process_mode_runs_the_command(h: Helper, tmp_path: Any) -> None:
         {"name": "OUT_DIR", "value": "/mnt/kubequant/pvc/models/out"},
         {"name": "GREETING", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
         {"name": "TERM_LOG", "value": "/dev/termination-log"},
+        {"name": "PVC_ROOT", "value": "/mnt/kubequant/pvc"},
     ]
     container["volumeMounts"] = [
         {"name": "pvc-models", "mountPath": "/mnt/kubequant/pvc/models"},
