@@ -110,7 +110,8 @@ def _quiet_progress_bars() -> None:
     try:
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()
+        disable: Any = transformers_logging.disable_progress_bar
+        disable()
     except ImportError:  # pragma: no cover - transformers is part of the engine image
         pass
 
@@ -266,6 +267,10 @@ class Pipeline:
                 first = outcomes[0].incompatible
                 assert first is not None
                 raise first
+            if all(o.artifact_dir is None for o in outcomes):
+                # Nothing was produced to judge: a crash, which a retry may fix (exit 1).
+                crashed = "; ".join(f"{o.candidate.name}: {o.error}" for o in outcomes)
+                raise KubequantError(f"no candidate produced an artifact ({crashed})")
             failures = shown.gate_failures if shown else []
             errors = [o.error for o in outcomes if o.error]
             message = "quality gate failed: " + "; ".join(failures or errors or ["no artifact"])
