@@ -216,3 +216,28 @@ def test_causal_lm_reports_perplexity_and_top1_agreement(
     assert r.quality_gate == "Passed"
     card = (out / "README.md").read_text()
     assert f"{r.baseline.perplexity:.4g}" in card
+
+
+@pytest.mark.slow
+def test_auto_where_every_candidate_crashed_is_retryable(
+    minilm_path: Path, tmp_path: Path, engine_env: EngineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optimizer_job.methods.base import MethodError
+
+    def no_space(out_dir: Path) -> None:
+        raise MethodError("writing the artifact failed: no space left on device")
+
+    wrap_quantize(monkeypatch, no_space)
+    spec = parse_spec(
+        spec_for(
+            minilm_path,
+            tmp_path / "out",
+            method="auto",
+            candidates=[{"method": "torchao-int8-weight"}, {"method": "awq"}],
+        )
+    )
+    outcome = pipeline.run(spec, RunContext(name="t"), load_settings(), RecordingReporter())
+    assert int(outcome.exit_code) == 1, outcome.message
+    assert "no candidate produced an artifact" in outcome.message
+    assert "no space left on device" in outcome.message
+    assert not (tmp_path / "out").exists()
