@@ -98,6 +98,7 @@ def release(*objects: Any) -> None:
     """Drop references and collect, returning model memory before the next big allocation."""
     del objects
     gc.collect()
+    trim_heap()
     try:
         import torch
 
@@ -105,6 +106,21 @@ def release(*objects: Any) -> None:
             torch.cuda.empty_cache()
     except ImportError:  # pragma: no cover
         pass
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise), so the next stage's
+    peak memory does not stack on the previous one's high-water mark."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return
 
 
 def artifact_files(out_dir: Path) -> list[str]:
