@@ -10,8 +10,11 @@ import threading
 from pathlib import Path
 
 from kubequant_api.logs import setup_logging
-from kubequant_localkube.cluster import ENV_PORT, ENV_STATE_DIR, LocalCluster
+from kubequant_localkube.cluster import LocalCluster
 
+ENV_HOST = "KUBEQUANT_LOCALKUBE_HOST"
+ENV_PORT = "KUBEQUANT_LOCALKUBE_PORT"
+ENV_STATE_DIR = "KUBEQUANT_LOCALKUBE_STATE_DIR"
 ENV_KUBECONFIG_OUT = "KUBEQUANT_LOCALKUBE_KUBECONFIG"
 ENV_RUN_PODS = "KUBEQUANT_LOCALKUBE_RUN_PODS"
 
@@ -23,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the API on 127.0.0.1 until Ctrl-C")
+    serve.add_argument(
+        "--host",
+        default=os.environ.get(ENV_HOST, "127.0.0.1"),
+        help=f"address to listen on (env {ENV_HOST}; default 127.0.0.1)",
+    )
     serve.add_argument(
         "--port",
         type=int,
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(
+        host=args.host,
         port=args.port,
         kubeconfig_path=args.kubeconfig,
         state_dir=state_dir,

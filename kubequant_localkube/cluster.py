@@ -35,10 +35,6 @@ from kubequant_localkube.store import Store
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ENV_HOST = "KUBEQUANT_LOCALKUBE_HOST"
-ENV_PORT = "KUBEQUANT_LOCALKUBE_PORT"
-ENV_STATE_DIR = "KUBEQUANT_LOCALKUBE_STATE_DIR"
-
 
 def kubeconfig_for(url: str, namespace: str = "default") -> dict[str, Any]:
     """A kubeconfig for an emulator at ``url`` (no TLS; a dummy token, nothing checks it)."""
@@ -77,11 +73,9 @@ class LocalCluster:
         job_controller: bool = True,
         pod_start_delay: float = 0.05,
     ) -> None:
-        self.host = host or os.environ.get(ENV_HOST, "127.0.0.1")
-        self.requested_port = int(port if port is not None else os.environ.get(ENV_PORT, "0"))
+        self.host = host or "127.0.0.1"
+        self.requested_port = int(port or 0)
         self._own_state_dir: tempfile.TemporaryDirectory[str] | None = None
-        if state_dir is None and os.environ.get(ENV_STATE_DIR):
-            state_dir = os.environ[ENV_STATE_DIR]
         if state_dir is None:
             self._own_state_dir = tempfile.TemporaryDirectory(prefix="kubequant-localkube-")
             state_dir = self._own_state_dir.name

@@ -314,7 +314,7 @@ class JobController:
         except Exception:
             log.exception(
                 "job controller failed",
-                extra={"component": "localkube", "namespace": ns, "name": name},
+                extra={"component": "localkube", "namespace": ns, "job": name},
             )
 
     async def _job_loop(self, ns: str, name: str, uid: str) -> None:
@@ -646,6 +646,15 @@ class JobController:
         ] or [{"name": "main", "ready": ready, "restartCount": 0, "state": state, "image": ""}]
 
     def _set_running(self, job: Obj, ns: str, pod: str, started: str) -> None:
+        log.info(
+            "pod running",
+            extra={
+                "component": "localkube",
+                "namespace": ns,
+                "pod": pod,
+                "job": job["metadata"]["name"],
+            },
+        )
         self._patch_pod_status(
             ns,
             pod,
@@ -670,6 +679,17 @@ class JobController:
             self._patch_job_status(current, {"active": 1, "ready": 1})
 
     def _set_terminated(self, job: Obj, ns: str, pod: str, started: str, result: PodResult) -> None:
+        log.info(
+            "pod terminated",
+            extra={
+                "component": "localkube",
+                "namespace": ns,
+                "pod": pod,
+                "job": job["metadata"]["name"],
+                "exit_code": result.exit_code,
+                "reason": result.reason,
+            },
+        )
         finished = _ts()
         term = {
             "exitCode": result.exit_code,

@@ -164,7 +164,7 @@ def test_watch_resume_and_timeout(co: kubernetes.client.CustomObjectsApi) -> Non
         )
     ]
     assert seen == [("ADDED", "w2"), ("MODIFIED", "w1"), ("DELETED", "w2")]
-    assert time.monotonic() - started < 5  # timeoutSeconds ends the stream
+    assert time.monotonic() - started < 10  # timeoutSeconds ends the stream
 
 
 def test_no_events_lost_between_list_and_watch(co: kubernetes.client.CustomObjectsApi) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,7 +89,8 @@ def h(local_cluster: LocalCluster) -> Helper:
     return Helper(local_cluster)
 
 
-def test_scripted_success(h: Helper) -> None:
+def test_scripted_success(h: Helper, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # the controller's own log records must not break it
     created = h.create(job("ok"))
     conds = wait_for(lambda: h.finished("ok"))
     assert conds["Complete"]["status"] == "True" and "SuccessCriteriaMet" in conds
@@ -103,6 +105,7 @@ def test_scripted_success(h: Helper) -> None:
     assert ref["kind"] == "Job" and ref["uid"] == created["metadata"]["uid"] and ref["controller"]
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert pod["status"]["phase"] == "Succeeded" and term["exitCode"] == 0
+    assert any(r.getMessage() == "pod terminated" for r in caplog.records)
     assert term["reason"] == "Completed"
 
 
