@@ -206,7 +206,13 @@ def referenced_claim_fields(spec: ModelOptimizationSpec) -> list[tuple[str, str]
             found.append((field, claim))
     if spec.cache.pvc_name:
         found.append(("spec.cache.pvcName", spec.cache.pvc_name))
-    return found
+    seen: set[str] = set()
+    unique = []
+    for field, claim in found:  # one check per claim, reported at its first field
+        if claim not in seen:
+            seen.add(claim)
+            unique.append((field, claim))
+    return unique
 
 
 def referenced_secret_fields(spec: ModelOptimizationSpec) -> list[tuple[str, str]]:

@@ -20,11 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-import kubernetes
 
 from kubequant_api.constants import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
 from kubequant_operator.builders import owner_of_child
-from kubequant_operator.kube import KubeError, load_client_configuration
+from kubequant_operator.access import ClusterAccess
+from kubequant_operator.kube import KubeError
 from kubequant_operator.metrics import Metrics, view_of
 from kubequant_operator.reconcile import ReconcileError, Reconciler
 from kubequant_operator.settings import Settings
@@ -61,23 +61,22 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, s: Settings) -> None:
     kopf_settings.watching.label_selectors[PODS] = CHILD_SELECTOR
 
 
-def connection_info(cfg: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
-    """kopf's credentials from the same client configuration the reconciler uses."""
-    token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
-    scheme = None
-    if token and " " in token:
-        scheme, token = token.split(" ", 1)
+def connection_info(access: ClusterAccess) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same cluster access the reconciler uses."""
     return kopf.ConnectionInfo(
-        server=str(cfg.host),
-        ca_path=cfg.ssl_ca_cert or None,
-        insecure=not cfg.verify_ssl,
-        username=cfg.username or None,
-        password=cfg.password or None,
-        scheme=scheme,
-        token=token or None,
-        certificate_path=cfg.cert_file or None,
-        private_key_path=cfg.key_file or None,
-        default_namespace=None,
+        server=access.server,
+        ca_path=access.ca_path,
+        ca_data=access.ca_data,
+        insecure=access.insecure or None,
+        username=access.username,
+        password=access.password,
+        scheme="Bearer" if access.current_token() else None,
+        token=access.current_token(),
+        certificate_path=access.cert_path,
+        certificate_data=access.cert_data,
+        private_key_path=access.key_path,
+        private_key_data=access.key_data,
+        default_namespace=access.namespace,
     )
 
 
@@ -90,7 +89,7 @@ def build_registry(s: Settings, reconciler: Reconciler, metrics: Metrics) -> kop
 
     @kopf.on.login(id="login", registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(load_client_configuration(s))
+        return connection_info(reconciler.kube.access)
 
     async def run(namespace: str, name: str, retry: bool) -> None:
         try:

@@ -1,9 +1,9 @@
-"""The operator's Kubernetes API calls, async.
+"""The operator's Kubernetes API calls: plain JSON over one aiohttp session.
 
-The ``kubernetes`` client is synchronous: every call runs in a dedicated thread pool
-(``loop.run_in_executor``) so that kopf's event loop never blocks. The client is used for
-what it is good at (kubeconfig / in-cluster auth, TLS, connection pooling); bodies are plain
-JSON dicts, never the client's generated models (that saves CPU and memory at scale).
+kopf is asyncio and already runs on aiohttp; the operator's own calls use the same stack,
+with bodies as plain dicts (no generated client models: less CPU and memory at scale).
+Address and credentials come from :mod:`kubequant_operator.access`, which also feeds kopf's
+login, so both talk to the same server as the same identity.
 
 Secrets are only ever checked for existence: a GET that asks for ``PartialObjectMetadata``
 (metadata only) and whose body is discarded unread. The operator needs only ``get`` on
@@ -15,16 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets as _random
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
+import aiohttp
 
 from kubequant_api.constants import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubequant_api.errors import KubequantError
+from kubequant_operator.access import ClusterAccess, load_access
 from kubequant_operator.settings import Settings
 
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
@@ -73,77 +73,33 @@ def collection_path(api_version: str, kind: str, namespace: str) -> str:
         raise KubequantError(f"no API path known for {api_version} {kind}") from exc
 
 
-def load_client_configuration(s: Settings) -> kubernetes.client.Configuration:
-    """Client configuration from the kubeconfig in settings, else the in-cluster account."""
-    cfg = kubernetes.client.Configuration()
-    if s.kubeconfig:
-        kubernetes.config.load_kube_config(config_file=s.kubeconfig, client_configuration=cfg)
-    else:
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=cfg)
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=cfg)
-    cfg.connection_pool_maxsize = max(s.api_workers, 4)
-    return cfg
-
-
 class Kube:
     """Async access to the few API endpoints the operator uses."""
 
-    def __init__(self, s: Settings, cfg: kubernetes.client.Configuration | None = None) -> None:
+    def __init__(self, s: Settings, access: ClusterAccess | None = None) -> None:
         self.settings = s
-        self.client = kubernetes.client.ApiClient(cfg or load_client_configuration(s))
-        self.pool = ThreadPoolExecutor(max_workers=s.api_workers, thread_name_prefix="kube")
-        self.timeout = s.request_timeout_seconds
+        self.access = access or load_access(s.kubeconfig)
+        self.timeout = aiohttp.ClientTimeout(total=s.request_timeout_seconds)
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _session_for_loop(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            connector = aiohttp.TCPConnector(
+                limit=self.settings.api_connections, ssl=self.access.ssl_context()
+            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
+            self._loop = loop
+        return self._session
 
     async def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        await asyncio.get_running_loop().run_in_executor(None, self.client.close)
+        session = self._session
+        if session is not None and not session.closed and self._loop is asyncio.get_running_loop():
+            await session.close()
+        self._session = None
 
     # ------------------------------------------------------------------ transport
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-        accept: str = "application/json",
-        want_body: bool = True,
-    ) -> dict[str, Any]:
-        try:
-            resp = self.client.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": accept},
-                body=body,
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-                _preload_content=False,
-                _request_timeout=self.timeout,
-            )
-        except ApiException as exc:
-            raise KubeError(int(exc.status or 0), _api_message(exc)) from exc
-        except OSError as exc:  # connection refused/reset, timeouts (urllib3 errors are OSError)
-            raise KubeError(0, f"{method} {path}: {exc}") from exc
-        except Exception as exc:  # urllib3 raises its own hierarchy (HTTPError, not OSError)
-            if type(exc).__module__.startswith("urllib3"):
-                raise KubeError(0, f"{method} {path}: {exc}") from exc
-            raise
-        try:
-            if not want_body:
-                resp.drain_conn()
-                return {}
-            raw = resp.data
-        finally:
-            resp.release_conn()
-        if not raw:
-            return {}
-        data = json.loads(raw)
-        return data if isinstance(data, dict) else {}
 
     async def request(
         self,
@@ -156,19 +112,44 @@ class Kube:
         accept: str = "application/json",
         want_body: bool = True,
     ) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.pool,
-            lambda: self._call(
-                method,
-                path,
-                body,
-                query=query,
-                content_type=content_type,
-                accept=accept,
-                want_body=want_body,
-            ),
-        )
+        """One API call; the JSON response (``{}`` when ``want_body`` is False)."""
+        url = self.access.server + path
+        if query:
+            url += "?" + urlencode(query)
+        headers = {"Accept": accept, **self.access.headers()}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        session = self._session_for_loop()
+        try:
+            async with session.request(method, url, data=data, headers=headers) as resp:
+                if resp.status < 400 and not want_body:
+                    resp.release()  # existence checks: the body is never read
+                    return {}
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise KubeError(resp.status, _error_message(raw, resp.reason))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise KubeError(0, f"{method} {path}: {exc!r}") from exc
+        if not raw:
+            return {}
+        out = json.loads(raw)
+        return out if isinstance(out, dict) else {}
+
+    async def stream(
+        self, path: str, query: list[tuple[str, str]] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A watch stream: one JSON event per line until the server ends it."""
+        url = self.access.server + path + ("?" + urlencode(query) if query else "")
+        session = self._session_for_loop()
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with session.get(url, headers=self.access.headers(), timeout=timeout) as resp:
+            if resp.status >= 400:
+                raise KubeError(resp.status, _error_message(await resp.read(), resp.reason))
+            async for line in resp.content:
+                if line.strip():
+                    yield json.loads(line)
 
     # ------------------------------------------------------------------ objects
 
@@ -321,14 +302,11 @@ class Kube:
         await self.request("POST", collection_path("v1", "Event", namespace), event)
 
 
-def _api_message(exc: ApiException) -> str:
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
+def _error_message(raw: bytes, reason: str | None) -> str:
     try:
-        data = json.loads(body) if body else {}
+        data = json.loads(raw) if raw else {}
     except ValueError:
         data = {}
     if isinstance(data, dict) and data.get("message"):
         return str(data["message"])
-    return str(exc.reason or body or "error")
+    return str(reason or raw[:200].decode("utf-8", "replace") or "error")

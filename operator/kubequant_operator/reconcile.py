@@ -197,6 +197,8 @@ class Reconciler:
                 job = await self._create_children(obj, spec)
                 created = True
                 log.info("created the engine's Job", extra={**extra, "job": current_name})
+                # told at once: a later failure of this reconcile must not lose the event
+                await self._event(obj, "Normal", Reason.JOB_CREATED, f"created Job {current_name}")
 
         pods: list[dict[str, Any]] = []
         harvested: Result | None = None
@@ -243,8 +245,6 @@ class Reconciler:
             )
             if new_obj:
                 self.metrics.index.update(new_obj)
-        if created:
-            await self._event(obj, "Normal", Reason.JOB_CREATED, f"created Job {current_name}")
         for ev in update.events:
             if created and ev.reason == Reason.JOB_CREATED:
                 continue  # already told

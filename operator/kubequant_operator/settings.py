@@ -72,8 +72,8 @@ class Settings:
     """Watch requests: TCP connect timeout (kopf watching.connect_timeout)."""
     request_timeout_seconds: float = 30.0
     """Timeout of every non-watch API request the operator makes."""
-    api_workers: int = 16
-    """Threads that run blocking Kubernetes client calls (the client is synchronous)."""
+    api_connections: int = 16
+    """Concurrent HTTP connections of the operator's own API calls (kopf's watches aside)."""
     kubeconfig: str = ""
     """Kubeconfig file (standard KUBECONFIG variable); empty: in-cluster service account."""
 
@@ -117,8 +117,8 @@ class Settings:
             raise SettingsError("KUBEQUANT_RECONCILE_INTERVAL_SECONDS: must be > 0")
         if self.pending_deadline_seconds < 0:
             raise SettingsError("KUBEQUANT_PENDING_DEADLINE_SECONDS: must be >= 0")
-        if self.api_workers < 1:
-            raise SettingsError("KUBEQUANT_API_WORKERS: must be >= 1")
+        if self.api_connections < 1:
+            raise SettingsError("KUBEQUANT_API_CONNECTIONS: must be >= 1")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"KUBEQUANT_LOG_LEVEL: unknown level {self.log_level!r}")
 

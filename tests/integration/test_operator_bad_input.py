@@ -137,7 +137,9 @@ async def test_unknown_secret_is_credentials_missing_until_created(
     assert "spec.model.credentialsSecret" in msg and "hf-tok" in msg
     assert await h.jobs("needs-secret") == []
     await h.create_secret("hf-tok", {"HF_TOKEN": "hf_dummy_value_never_shown"})
-    obj = await h.wait_condition("needs-secret", "Ready", status="True", timeout=30)
+    obj = await h.wait_condition(
+        "needs-secret", "Ready", status="True", timeout=30, fail_on_stalled=False
+    )
     (job,) = await h.jobs("needs-secret")
     env_from = job["spec"]["template"]["spec"]["containers"][0]["envFrom"]
     assert env_from == [{"secretRef": {"name": "hf-tok"}}]
