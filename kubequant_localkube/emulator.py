@@ -463,7 +463,6 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                 dry_run=dry_run,
                 field_validation=field_validation,
                 warnings=warnings,
-                create_missing=res.is_custom is False and False,
             )
             return self._json(obj, warnings=warnings)
         if verb == "patch":
@@ -637,10 +636,10 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                 raise errors.ApiError(400, "the continue token does not parse") from exc
         items = items[start:]
         if limit and len(items) > limit:
+            meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
             token_obj = {"start": start + limit, "rv": rv}
             meta["continue"] = base64.b64encode(json.dumps(token_obj).encode()).decode()
-            meta["remainingItemCount"] = len(items) - limit
         if table:
             table_obj = self._table(res, items, str(rv), raw)
             table_obj["metadata"].update(meta)

@@ -368,3 +368,19 @@ def test_request_log_against_rbac_rules(crd_cluster: LocalCluster) -> None:
         (GROUP, f"{PLURAL}/status", "patch"),
         (GROUP, PLURAL, "list"),
     }
+
+
+def test_pagination_and_delete_collection(co: kubernetes.client.CustomObjectsApi) -> None:
+    for i in range(5):
+        co.create_namespaced_custom_object(*ARGS, mopt(f"pg{i}", {"batch": "a" if i < 3 else "b"}))
+    first = co.list_namespaced_custom_object(*ARGS, limit=2)
+    names = [i["metadata"]["name"] for i in first["items"]]
+    token = first["metadata"]["continue"]
+    while token:
+        page = co.list_namespaced_custom_object(*ARGS, limit=2, _continue=token)
+        names += [i["metadata"]["name"] for i in page["items"]]
+        token = page["metadata"].get("continue")
+    assert names == [f"pg{i}" for i in range(5)]
+    co.delete_collection_namespaced_custom_object(*ARGS, label_selector="batch=a")
+    left = co.list_namespaced_custom_object(*ARGS)["items"]
+    assert [i["metadata"]["name"] for i in left] == ["pg3", "pg4"]
