@@ -174,7 +174,12 @@ def floor_worker(kubeconfig: str) -> int:
 # --------------------------------------------------------------------------- one run
 
 
-def _start_process(kind: str, cluster: LocalCluster) -> tuple[subprocess.Popen[bytes], int]:
+BLOCK_KUBERNETES = "import sys; sys.modules['kubernetes'] = None; "
+
+
+def _start_process(
+    kind: str, cluster: LocalCluster, with_kubernetes: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(os.environ)
     env.update(
         {
@@ -189,7 +194,10 @@ def _start_process(kind: str, cluster: LocalCluster) -> tuple[subprocess.Popen[b
     health = free_port()
     env["KUBEQUANT_HEALTH_PORT"] = str(health)
     code = (
-        "from kubequant_operator.main import main; raise SystemExit(main([]))"
+        # The operator needs no kubernetes client; kopf imports it when it is installed
+        # (as in this dev venv), adding ~60 MiB. Run it as in an image without it.
+        BLOCK_KUBERNETES * (not with_kubernetes)
+        + "from kubequant_operator.main import main; raise SystemExit(main([]))"
         if kind == "operator"
         else "from tests.performance.bench_operator import floor_worker; import sys; "
         f"raise SystemExit(floor_worker({str(cluster.kubeconfig_path)!r}))"
@@ -310,6 +318,29 @@ def run_once(kind: str, n: int, timeout: float) -> dict[str, Any]:
         }
 
 
+def idle_rss() -> dict[str, float]:
+    """Peak RSS of an idle operator (no objects), with and without the kubernetes client."""
+    from kubequant_localkube.cluster import LocalCluster
+
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="kubequant-bench-") as tmp:
+        cluster = LocalCluster(state_dir=Path(tmp), job_controller=False)
+        cluster.start()
+        try:
+            for with_k8s in (False, True):
+                proc, health = _start_process("operator", cluster, with_kubernetes=with_k8s)
+                try:
+                    _wait_ready("operator", proc, health)
+                    key = "with_kubernetes_client" if with_k8s else "without_kubernetes_client"
+                    out[key] = round(_peak_rss(proc.pid) / 2**20, 1)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(60)
+        finally:
+            cluster.stop()
+    return out
+
+
 # --------------------------------------------------------------------------- entry
 
 
@@ -320,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(list(argv) if argv is not None else None)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    idle = idle_rss()
+    print(f"idle operator peak RSS (MiB): {idle}", flush=True)
     rows: list[dict[str, Any]] = []
     for n in sizes:
         for kind in ("operator", "floor"):
@@ -358,9 +391,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "api_connections": API_WORKERS,
                     "creators": CREATORS,
                     "job_controller": False,
+                    "operator_process": "kubernetes client not importable (as the operator "
+                    "image needs it not); see idle_operator_peak_rss_mib for both",
                     "clock": "emulator-side timestamps (object stored -> Job stored)",
                 },
                 "goals": GOALS,
+                "idle_operator_peak_rss_mib": idle,
                 "verdict": verdict,
                 "runs": rows,
             },
