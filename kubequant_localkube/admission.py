@@ -248,6 +248,8 @@ class Admission:
         path: str,
         causes: list[dict[str, str]],
     ) -> None:
+        if old is not None and value == old:
+            return  # ratcheting, as the API server does: an unchanged field is not re-checked
         before = len(causes)
 
         def add(reason: str, message: str, field: str = path) -> None:

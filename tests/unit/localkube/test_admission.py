@@ -190,3 +190,23 @@ def test_broken_cel_rule_rejects_the_crd(local_cluster: LocalCluster) -> None:
     with pytest.raises(ApiException) as exc:
         ext.create_custom_resource_definition(crd)
     assert exc.value.status == 422 and "compilation failed" in exc.value.body
+
+
+def test_unchanged_fields_are_not_rechecked(crd_cluster: LocalCluster) -> None:
+    """Validation ratcheting: after the CRD tightens, old objects still take status writes."""
+    import yaml
+
+    co = _api(crd_cluster)
+    co.create_namespaced_custom_object(*ARGS, _body("old", dict(GOOD_SPEC, retries=5)))
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["properties"]["retries"]["maximum"] = 3
+    crds = crd_cluster.store.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+    current = crd_cluster.store.get(crds, None, crd["metadata"]["name"])
+    crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    crd_cluster.store.replace(crds, None, crd["metadata"]["name"], crd)
+    co.patch_namespaced_custom_object_status(*ARGS, "old", {"status": {"phase": "Running"}})
+    co.patch_namespaced_custom_object(*ARGS, "old", {"metadata": {"labels": {"a": "b"}}})
+    with pytest.raises(ApiException) as exc:
+        co.patch_namespaced_custom_object(*ARGS, "old", {"spec": {"retries": 4}})
+    assert exc.value.status == 422 and "spec.retries" in exc.value.body
