@@ -88,7 +88,7 @@ def test_put_conflict_and_preconditions(
     rv = updated["metadata"]["resourceVersion"]
     client = api(crd_cluster)
     path = f"/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}/p"
-    ops_bad = [
+    ops_bad: list[dict[str, Any]] = [
         {"op": "test", "path": "/metadata/resourceVersion", "value": "1"},
         {"op": "add", "path": "/metadata/finalizers", "value": ["x/y"]},
     ]
@@ -102,7 +102,7 @@ def test_put_conflict_and_preconditions(
             _return_http_data_only=True,
         )
     assert exc.value.status == 422
-    ops_ok = [dict(ops_bad[0], value=rv), ops_bad[1]]
+    ops_ok = [{**ops_bad[0], "value": rv}, ops_bad[1]]
     result = client.call_api(
         path,
         "PATCH",
@@ -286,8 +286,8 @@ def test_fault_injection_and_request_log(crd_cluster: LocalCluster) -> None:
         try:
             co.patch_namespaced_custom_object_status(*ARGS, "f", {"status": {"phase": "Running"}})
             codes.append(200)
-        except ApiException as exc:
-            codes.append(exc.status)
+        except ApiException as failure:
+            codes.append(failure.status)
     assert codes == [500, 500, 200]
     with pytest.raises(ApiException) as exc:
         co.get_namespaced_custom_object(*ARGS, "f")

@@ -94,7 +94,7 @@ def test_scripted_success(h: Helper, caplog: pytest.LogCaptureFixture) -> None:
     created = h.create(job("ok"))
     conds = wait_for(lambda: h.finished("ok"))
     assert conds["Complete"]["status"] == "True" and "SuccessCriteriaMet" in conds
-    status = h.get("ok")["status"]  # type: ignore[index]
+    status = (h.get("ok") or {})["status"]
     assert status["succeeded"] == 1 and status["active"] == 0
     assert status["startTime"] and status["completionTime"]
     (pod,) = h.pods_of("ok")
@@ -132,7 +132,7 @@ def test_backoff_limit_and_oom(h: Helper) -> None:
     h.create(job("oom", backoffLimit=1))
     conds = wait_for(lambda: h.finished("oom"))
     assert conds["Failed"]["reason"] == "BackoffLimitExceeded"
-    assert h.get("oom")["status"]["failed"] == 2  # type: ignore[index]
+    assert (h.get("oom") or {})["status"]["failed"] == 2
     reasons = sorted(
         p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"]
         for p in h.pods_of("oom")
@@ -145,7 +145,7 @@ def test_disruption_is_ignored_then_success(h: Helper) -> None:
     h.create(job("evicted", backoffLimit=0, podFailurePolicy=FAIL_ON_2_3))
     conds = wait_for(lambda: h.finished("evicted"))
     assert "Complete" in conds and len(h.pods_of("evicted")) == 2
-    assert h.get("evicted")["status"].get("failed", 0) == 0  # type: ignore[union-attr]
+    assert (h.get("evicted") or {})["status"].get("failed", 0) == 0
 
 
 def test_unschedulable_until_deadline(h: Helper) -> None:
