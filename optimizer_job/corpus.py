@@ -11,14 +11,15 @@ markup are dropped). The order and content are deterministic for a given Python 
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import importlib
+import importlib.util
 import inspect
 import re
 import warnings
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from types import ModuleType
+from pathlib import Path
 
 # Pure-Python modules with long, prose-like docstrings. Order matters (it fixes the corpus).
 _MODULES: tuple[str, ...] = (
@@ -50,23 +51,40 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _LETTERS = re.compile(r"[A-Za-z]")
 
 
-def _doc(obj: object) -> str:
-    doc = getattr(obj, "__doc__", None)
-    return doc if isinstance(doc, str) else ""
+def _docstrings(source: str) -> Iterator[str]:
+    """Docstrings of a module's source in source order: module, classes, functions, methods.
+
+    Parsed from the source file rather than read from live objects, so the result does not
+    depend on which other libraries were imported (some patch standard-library modules).
+    """
+    tree = ast.parse(source)
+    doc = ast.get_docstring(tree, clean=False)
+    if doc:
+        yield doc
+    yield from _node_docstrings(tree.body)
 
 
-def _docstrings(module: ModuleType) -> Iterator[str]:
-    yield _doc(module)
-    for _name, obj in sorted(vars(module).items()):
-        if getattr(obj, "__module__", None) != module.__name__:
-            continue
-        if inspect.isclass(obj):
-            yield _doc(obj)
-            for _mname, member in sorted(vars(obj).items()):
-                if inspect.isfunction(member) or isinstance(member, property):
-                    yield _doc(member)
-        elif inspect.isfunction(obj):
-            yield _doc(obj)
+def _node_docstrings(body: list[ast.stmt]) -> Iterator[str]:
+    for node in body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            doc = ast.get_docstring(node, clean=False)
+            if doc:
+                yield doc
+            if isinstance(node, ast.ClassDef):
+                yield from _node_docstrings(node.body)
+
+
+def _module_source(name: str) -> str | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    try:
+        return Path(spec.origin).read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 def _is_prose(line: str) -> bool:
@@ -116,12 +134,10 @@ def _build() -> tuple[str, ...]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in _MODULES:
-            try:
-                module = importlib.import_module(name)
-            except ImportError:  # a module missing from a slim Python build: skip it
+            source = _module_source(name)
+            if source is None:  # a module missing from a slim Python build: skip it
                 continue
-            for doc in _docstrings(module):
-                texts.append(doc)
+            texts.extend(_docstrings(source))
         try:  # the language reference's topics, as `help()` shows them
             from pydoc_data import topics as pydoc_topics
 
