@@ -164,6 +164,7 @@ def load_original(
 ) -> InferenceModel:
     """The unquantized model in fp32, as the baseline every artifact is compared with."""
     import torch
+    from safetensors import SafetensorError
 
     read_config(source_dir)
     _check_weights(source_dir)
@@ -171,7 +172,7 @@ def load_original(
         module = auto_class(task).from_pretrained(
             str(source_dir), dtype=torch.float32, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise InvalidSpecError(MODEL_FIELD, f"cannot load the model: {exc}") from exc
     return TorchInferenceModel(module.to(device), task, device)
 

@@ -124,6 +124,10 @@ def test_detect_task_rejects_missing_or_corrupt_models(minilm_path: Path, tmp_pa
     shutil.copy(minilm_path / "config.json", tmp_path / "config.json")
     with pytest.raises(InvalidSpecError, match="no model weights"):
         modeling.detect_task(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x10not a safetensors file")
+    with pytest.raises(InvalidSpecError) as err:
+        modeling.load_original(tmp_path, Task.FEATURE_EXTRACTION)
+    assert err.value.field == "spec.model.uri"
 
 
 def test_load_original_forward_contract(minilm_path: Path) -> None:
