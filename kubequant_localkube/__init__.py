@@ -19,10 +19,11 @@ Or from a shell: ``kubequant-localkube serve --run-pods`` (see ``--help``).
 - :mod:`.cluster` — :class:`LocalCluster`, both in a background thread.
 """
 
-from kubequant_localkube.cluster import LocalCluster, kubeconfig_for
+from kubequant_localkube.cluster import LocalCluster
 from kubequant_localkube.emulator import ApiCall, Fault, LocalKubeEmulator
 from kubequant_localkube.errors import ApiError, LocalKubeError
 from kubequant_localkube.jobs import RUN_PROCESS, SUCCEED, JobController, Outcome, OutcomeTable
+from kubequant_localkube.rbac import kubeconfig_for
 from kubequant_localkube.store import Store
 
 __all__ = [

@@ -25,33 +25,15 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import aiohttp.web
-import yaml
 
 from kubequant_localkube.emulator import LocalKubeEmulator
 from kubequant_localkube.errors import LocalKubeError
 from kubequant_localkube.jobs import JobController, OutcomeTable
+from kubequant_localkube.rbac import kubeconfig_text
 from kubequant_localkube.store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def kubeconfig_for(url: str, namespace: str = "default") -> dict[str, Any]:
-    """A kubeconfig for an emulator at ``url`` (no TLS; a dummy token, nothing checks it)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "localkube", "cluster": {"server": url}}],
-        "users": [{"name": "localkube", "user": {"token": "localkube"}}],
-        "contexts": [
-            {
-                "name": "localkube",
-                "context": {"cluster": "localkube", "user": "localkube", "namespace": namespace},
-            }
-        ],
-        "current-context": "localkube",
-        "preferences": {},
-    }
 
 
 class LocalCluster:
@@ -149,7 +131,7 @@ class LocalCluster:
         target = Path(path) if path is not None else self.kubeconfig_path
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(kubeconfig_for(self.url), sort_keys=False))
+        tmp.write_text(kubeconfig_text(self.url))
         tmp.replace(target)
         return target
 
@@ -206,6 +188,7 @@ class LocalCluster:
             await site.start()
             sockets = getattr(site._server, "sockets", None) or []
             self.port = int(sockets[0].getsockname()[1]) if sockets else self.requested_port
+            self.jobs.api_url = f"http://{self.host}:{self.port}"
             if self._job_controller:
                 await self.jobs.start()
             self._ready.set()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import json
@@ -27,11 +28,15 @@ import attrs
 import kmock
 import yaml
 
-from kubequant_localkube import errors, jsonpath, openapi, protobuf, selectors
+from kubequant_localkube import errors, jsonpath, openapi, protobuf, rbac, selectors
 from kubequant_localkube.resources import Resource
 from kubequant_localkube.store import Obj, Store, WatchEvent
 
 log = logging.getLogger(__name__)
+# The ServiceAccount (namespace, name) a request comes from; None: the admin.
+_IDENTITY: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "localkube_identity", default=None
+)
 
 JSON = "application/json"
 
@@ -49,6 +54,7 @@ class ApiCall:
     name: str | None
     user_agent: str = ""
     code: int = 0
+    user: str = "admin"  # or system:serviceaccount:<namespace>:<name> (a pod's token)
 
     @property
     def rbac_resource(self) -> str:
@@ -157,6 +163,12 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     bookmark_interval: float = 5.0
     max_watch_seconds: float = 1800.0
     max_logged_requests: int = 2000
+    # Requests with a pod's service-account token are authorized by RBAC (Roles, bindings).
+    enforce_rbac: bool = True
+    # Pods reach the API at a per-ServiceAccount URL and also get a token. True: a pod's
+    # request without its token is a 401, as on a real cluster (a client that drops its
+    # bearer token fails here too); False: the URL alone identifies the pod.
+    require_pod_token: bool = False
     _calls_lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     # ------------------------------------------------------------------ test hooks
@@ -190,13 +202,16 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         with self._calls_lock:
             return list(self.calls)
 
-    def used_permissions(self, user_agent: str | None = None) -> set[tuple[str, str, str]]:
+    def used_permissions(
+        self, user_agent: str | None = None, user: str | None = None
+    ) -> set[tuple[str, str, str]]:
         """(apiGroup, resource[/subresource], verb) of every request made (optionally only by
-        clients whose User-Agent contains ``user_agent``)."""
+        clients whose User-Agent contains ``user_agent``, or by ``user``)."""
         return {
             (c.group, c.rbac_resource, c.verb)
             for c in self.api_calls()
-            if user_agent is None or user_agent in c.user_agent
+            if (user_agent is None or user_agent in c.user_agent)
+            and (user is None or c.user == user)
         }
 
     def clear_calls(self) -> None:
@@ -239,14 +254,18 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         raw = request._raw_request
         assert raw is not None
         try:
-            return await self._route(raw, request)
+            path, pod_sa = rbac.split_identity_path(raw.path)
+            token_sa = rbac.service_account_of(raw.headers.get("Authorization"))
+            if pod_sa is not None and token_sa != pod_sa and self.require_pod_token:
+                raise errors.ApiError(401, "Unauthorized", reason="Unauthorized")
+            _IDENTITY.set(pod_sa or token_sa)
+            return await self._route(raw, request, path.rstrip("/") or "/")
         except errors.ApiError as exc:
             return aiohttp.web.json_response(exc.to_status(), status=exc.status)
 
     async def _route(
-        self, raw: aiohttp.web.BaseRequest, request: kmock.Request
+        self, raw: aiohttp.web.BaseRequest, request: kmock.Request, path: str
     ) -> aiohttp.web.StreamResponse:
-        path = raw.path.rstrip("/") or "/"
         if path in ("/healthz", "/livez", "/readyz") or path.startswith(
             ("/healthz/", "/livez/", "/readyz/")
         ):
@@ -406,7 +425,27 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     ) -> aiohttp.web.StreamResponse:
         q = raw.query
         verb = call.verb
+        sa = _IDENTITY.get()
+        if sa is not None:
+            call.user = f"system:serviceaccount:{sa[0]}:{sa[1]}"
         self._record(call)
+        if sa is not None and self.enforce_rbac:
+            rules = rbac.rules_for(self.store, sa[0], sa[1], rp.namespace)
+            if not call.allowed_by(rules):
+                raise errors.ApiError(
+                    403,
+                    rbac.forbidden_message(
+                        sa[0],
+                        sa[1],
+                        verb,
+                        call.rbac_resource,
+                        group=rp.group,
+                        name=rp.name,
+                        ns=rp.namespace,
+                    ),
+                    reason="Forbidden",
+                    details={"name": rp.name, "group": rp.group, "kind": rp.plural},
+                )
         res = self.store.resource(rp.group, rp.version, rp.plural)
         if rp.namespace and not res.namespaced:
             raise errors.ApiError(404, "the server could not find the requested resource")

@@ -15,7 +15,8 @@ What a pod does comes from one of two modes, per Job:
 * process: the container's command runs as a local process, with the pod's env; volumes map
   to local directories (PVCs to ``<state_dir>/pvc/<claim>``, emptyDirs to per-pod dirs),
   ``/dev/termination-log`` to a file whose content becomes the terminated state's message,
-  and ``KUBECONFIG`` points at the emulator (there is no service-account token).
+  and ``KUBECONFIG`` points at the emulator with a token naming the pod's ServiceAccount:
+  the emulator authorizes its requests with the namespace's RBAC, like a real API server.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubequant_localkube import errors
+from kubequant_localkube import errors, rbac
 from kubequant_localkube.store import Obj, Store, WatchEvent, now_rfc3339
 
 if TYPE_CHECKING:
@@ -183,6 +184,10 @@ class JobController:
         self.process_cwd = process_cwd or Path.cwd()
         self.outcomes = OutcomeTable()
         self.extra_env: dict[str, str] = {}
+        self.api_url: str | None = None
+        # Process-mode pods talk to the API as their ServiceAccount (RBAC applies); False:
+        # they get the admin kubeconfig.
+        self.pod_identity = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._changed: dict[tuple[str, str], asyncio.Event] = {}
@@ -589,6 +594,11 @@ class JobController:
             },
             "spec": pod_spec,
         }
+        sa = pod_spec.get("serviceAccountName") or "default"
+        sas = self.store.resource("", "v1", "serviceaccounts")
+        if sa != "default" and self.store.try_get(sas, meta["namespace"], sa) is None:
+            # The ServiceAccount admission plugin refuses the pod; the controller retries.
+            return None
         try:
             created = self.store.create(
                 self.store.resource("", "v1", "pods"), meta["namespace"], pod
@@ -802,7 +812,15 @@ class JobController:
         term_file = pdir / "termination-log"
         term_file.write_text("")
         try:
-            env = self._env(ns, container, mounts, term_path, term_file)
+            env = self._env(
+                ns,
+                container,
+                mounts,
+                term_path,
+                term_file,
+                pod_dir=pdir,
+                service_account=spec.get("serviceAccountName"),
+            )
         except errors.ApiError as exc:
             self._patch_pod_status(
                 ns,
@@ -969,6 +987,9 @@ class JobController:
         mounts: list[tuple[str, str]],
         term_path: str,
         term_file: Path,
+        *,
+        pod_dir: Path | None = None,
+        service_account: str | None = None,
     ) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
         env.update(self.extra_env)
@@ -1012,7 +1033,14 @@ class JobController:
                     env[k] = str(term_file)
                 else:
                     env[k] = self._rewrite(v, mounts)
-        if self.kubeconfig_path is not None:
+        if self.pod_identity and self.api_url and pod_dir is not None:
+            sa = service_account or "default"
+            path = pod_dir / "kubeconfig"
+            token = rbac.service_account_token(ns, sa)
+            url = rbac.identity_url(self.api_url, ns, sa)
+            path.write_text(rbac.kubeconfig_text(url, ns, token))
+            env["KUBECONFIG"] = str(path)
+        elif self.kubeconfig_path is not None:
             env["KUBECONFIG"] = str(self.kubeconfig_path)
         return env
 

@@ -384,3 +384,46 @@ def test_pagination_and_delete_collection(co: kubernetes.client.CustomObjectsApi
     co.delete_collection_namespaced_custom_object(*ARGS, label_selector="batch=a")
     left = co.list_namespaced_custom_object(*ARGS)["items"]
     assert [i["metadata"]["name"] for i in left] == ["pg3", "pg4"]
+
+
+def test_pod_identity_url_token_and_rbac(crd_cluster: LocalCluster) -> None:
+    import urllib.error
+    import urllib.request
+
+    from kubequant_localkube import rbac
+
+    base = rbac.identity_url(crd_cluster.url, "default", "engine")
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}"
+    token = rbac.service_account_token("default", "engine")
+
+    def status(headers: dict[str, str]) -> int:
+        req = urllib.request.Request(base + path, headers=headers)
+        try:
+            with urllib.request.urlopen(req) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    auth = {"Authorization": f"Bearer {token}"}
+    assert status(auth) == 403  # no Role yet
+    store = crd_cluster.store
+    rb = "rbac.authorization.k8s.io"
+    rule = {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["list"]}
+    store.create(
+        store.resource(rb, "v1", "clusterroles"),
+        None,
+        {"metadata": {"name": "lister"}, "rules": [rule]},
+    )
+    binding = {
+        "metadata": {"name": "lister"},
+        "roleRef": {"apiGroup": rb, "kind": "ClusterRole", "name": "lister"},
+        "subjects": [{"kind": "ServiceAccount", "name": "engine", "namespace": "default"}],
+    }
+    store.create(store.resource(rb, "v1", "rolebindings"), "default", binding)
+    assert status(auth) == 200
+    assert status({}) == 200  # the URL names the pod's ServiceAccount
+    crd_cluster.emulator.require_pod_token = True
+    assert status({}) == 401  # like a real API server when a client drops its token
+    assert status(auth) == 200
+    with urllib.request.urlopen(crd_cluster.url + path) as resp:  # the admin: no RBAC
+        assert resp.status == 200

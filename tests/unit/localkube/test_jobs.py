@@ -270,3 +270,64 @@ def test_job_deletion_orphans_pods_by_default(h: Helper) -> None:
     (orphan,) = h.pods_of("keep")
     assert not orphan["metadata"].get("ownerReferences")
     assert h.pods_of("drop") == []
+
+
+def test_process_pods_act_as_their_service_account(h: Helper) -> None:
+    """A pod's process reaches the API as its ServiceAccount; RBAC decides what it may do."""
+    co = ("kubequant.io", "v1alpha1", "default", "modeloptimizations")
+    script = (
+        "import sys, kubernetes\n"
+        "kubernetes.config.load_kube_config()\n"
+        "api = kubernetes.client.CustomObjectsApi()\n"
+        f"args = {co!r}\n"
+        "running = {'status': {'phase': 'Running'}}\n"
+        "api.patch_namespaced_custom_object_status(*args, 'mine', running)\n"
+        "try:\n"
+        "    api.patch_namespaced_custom_object_status(*args, 'other', {'status': {}})\n"
+        "except kubernetes.client.ApiException as exc:\n"
+        "    sys.exit(10 if exc.status == 403 else 11)\n"
+    )
+    rbac = "rbac.authorization.k8s.io"
+    store = h.store
+    crds = store.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+    import yaml
+
+    from tests.fixtures.cluster import CRD_PATH
+
+    store.create(crds, None, yaml.safe_load(CRD_PATH.read_text()))
+    res = store.resource(*co[:2], co[3])
+    spec = {"model": {"uri": "hf://a/b"}, "method": "gptq", "output": {"uri": "s3://bucket/o"}}
+    for name in ("mine", "other"):
+        store.create(res, "default", {"metadata": {"name": name}, "spec": spec})
+    rule = {
+        "apiGroups": ["kubequant.io"],
+        "resources": ["modeloptimizations/status"],
+        "verbs": ["get", "patch"],
+        "resourceNames": ["mine"],
+    }
+    store.create(
+        store.resource(rbac, "v1", "roles"), "default", {"metadata": {"name": "r"}, "rules": [rule]}
+    )
+    binding = {
+        "metadata": {"name": "r"},
+        "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "r"},
+        "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": "default"}],
+    }
+    store.create(store.resource(rbac, "v1", "rolebindings"), "default", binding)
+    h.cluster.outcomes["as-sa"] = RUN_PROCESS
+    body = job("as-sa", command=["python", "-c", script])
+    body["spec"]["template"]["spec"]["serviceAccountName"] = "runner"
+    h.create(body)
+    time.sleep(0.5)
+    assert h.pods_of("as-sa") == []  # no pod until its ServiceAccount exists
+    store.create(
+        store.resource("", "v1", "serviceaccounts"), "default", {"metadata": {"name": "runner"}}
+    )
+    wait_for(lambda: h.finished("as-sa"), timeout=30)
+    term = h.pods_of("as-sa")[0]["status"]["containerStatuses"][0]["state"]["terminated"]
+    calls = [(c.user, c.verb, c.name, c.code) for c in h.cluster.emulator.api_calls()]
+    assert term["exitCode"] == 10, (h.cluster.emulator.pod_logs, calls)
+    assert store.get(res, "default", "mine")["status"]["phase"] == "Running"
+    user = "system:serviceaccount:default:runner"
+    denied = [c for c in h.cluster.emulator.api_calls() if c.user == user and c.code == 403]
+    assert [(c.name, c.rbac_resource) for c in denied] == [("other", "modeloptimizations/status")]
