@@ -93,6 +93,12 @@ def read_results_file(output_uri: str, generation: int) -> tuple[Result | None, 
     return result, ""
 
 
+def _job_started(job: Mapping[str, Any]) -> bool:
+    """Whether the Job has had pods (a Job just created or still suspended has none)."""
+    st = job.get("status") or {}
+    return bool(st.get("active") or st.get("failed") or st.get("succeeded") or st.get("conditions"))
+
+
 class Reconciler:
     def __init__(self, s: Settings, kube: Kube, metrics: Metrics) -> None:
         self.settings = s
@@ -166,9 +172,15 @@ class Reconciler:
         if spec is not None:
             extra["method"] = str(spec.method)
 
-        jobs = await self.kube.list("batch/v1", "Job", namespace, {OWNER_UID_LABEL: uid})
         current_name = builders.job_name(namespace, name, uid, generation)
-        job = next((j for j in jobs if j["metadata"]["name"] == current_name), None)
+        if generation > 1:
+            # Jobs of older generations may still run: find them all by the owner's uid.
+            jobs = await self.kube.list("batch/v1", "Job", namespace, {OWNER_UID_LABEL: uid})
+            job = next((j for j in jobs if j["metadata"]["name"] == current_name), None)
+        else:
+            # Generation 1 has no older Jobs: one GET by the deterministic name (O(1)).
+            job = await self.kube.get("batch/v1", "Job", namespace, current_name)
+            jobs = [job] if job is not None else []
         deleted: list[str] = []
         for other in jobs:
             other_name = other["metadata"]["name"]
@@ -203,7 +215,7 @@ class Reconciler:
         pods: list[dict[str, Any]] = []
         harvested: Result | None = None
         note = ""
-        if job is not None:
+        if job is not None and _job_started(job):
             pods = await self.kube.list(
                 "v1",
                 "Pod",
@@ -246,8 +258,8 @@ class Reconciler:
             if new_obj:
                 self.metrics.index.update(new_obj)
         for ev in update.events:
-            if created and ev.reason == Reason.JOB_CREATED:
-                continue  # already told
+            if ev.reason == Reason.JOB_CREATED:
+                continue  # told by whoever created the Job, once per Job
             await self._event(obj, ev.type, ev.reason, ev.message)
         return Outcome(
             phase=update.phase,

@@ -5,8 +5,8 @@ that only the operator's work is measured):
 
 - operator: the real operator (``kubequant-operator``'s ``main``) in its own process;
 - floor: a minimal controller in its own process that watches the objects and makes the
-  same API calls per object as the operator does (get object, list Jobs, check the PVC,
-  create SA, Role, RoleBinding and Job, list pods, patch status, post an event, kopf's
+  same API calls per object as the operator does (get object, get the Job, check the PVC,
+  create SA, Role, RoleBinding and Job, patch status, post an event, kopf's
   annotation patch, the reads of the reconcile the new Job triggers) with the same number
   of client threads, and nothing else: what these API calls cost on this emulator.
 
@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,11 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kubequant_api.constants import API_VERSION, GROUP, KIND, OWNER_UID_LABEL, PLURAL, VERSION
+from kubequant_api.constants import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubequant_api.models import parse_spec
 from kubequant_operator import builders
 from kubequant_operator.kube import Kube
-from kubequant_operator.main import free_port
 from kubequant_operator.settings import Settings
 
 if TYPE_CHECKING:
@@ -115,13 +115,11 @@ def _peak_rss(pid: int) -> int:
 async def _floor_one(kube: Kube, s: Settings, obj_name: str) -> None:
     obj = await kube.get_object(NAMESPACE, obj_name)
     assert obj is not None
-    uid = obj["metadata"]["uid"]
-    await kube.list("batch/v1", "Job", NAMESPACE, {OWNER_UID_LABEL: uid})
+    await kube.get("batch/v1", "Job", NAMESPACE, builders.names_for(obj))
     await kube.exists("v1", "PersistentVolumeClaim", NAMESPACE, "models")
     spec = parse_spec(obj["spec"])
     for manifest in builders.build_children(obj, spec, s):
         await kube.create(manifest)
-    await kube.list("v1", "Pod", NAMESPACE, {OWNER_UID_LABEL: uid})
     await kube.patch_status(
         NAMESPACE,
         obj_name,
@@ -138,8 +136,7 @@ async def _floor_one(kube: Kube, s: Settings, obj_name: str) -> None:
     )
     # ... and the second reconcile the Job's ADDED event triggers (reads only)
     await kube.get_object(NAMESPACE, obj_name)
-    await kube.list("batch/v1", "Job", NAMESPACE, {OWNER_UID_LABEL: uid})
-    await kube.list("v1", "Pod", NAMESPACE, {OWNER_UID_LABEL: uid})
+    await kube.get("batch/v1", "Job", NAMESPACE, builders.names_for(obj))
 
 
 def floor_worker(kubeconfig: str) -> int:
@@ -172,6 +169,12 @@ def floor_worker(kubeconfig: str) -> int:
 
 
 # --------------------------------------------------------------------------- one run
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 BLOCK_KUBERNETES = "import sys; sys.modules['kubernetes'] = None; "
