@@ -54,6 +54,7 @@ class LocalCluster:
         run_pods: bool = False,
         job_controller: bool = True,
         pod_start_delay: float = 0.05,
+        validate_builtins: bool = False,
     ) -> None:
         self.host = host or "127.0.0.1"
         self.requested_port = int(port or 0)
@@ -64,6 +65,7 @@ class LocalCluster:
         self.state_dir = Path(state_dir)
         self.kubeconfig_path = Path(kubeconfig_path or self.state_dir / "kubeconfig")
         self.store = Store()
+        self.store.validate_builtins = validate_builtins
         self.emulator = LocalKubeEmulator(store=self.store)
         self.jobs = JobController(
             self.store,

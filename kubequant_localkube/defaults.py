@@ -27,6 +27,15 @@ def _pod_spec_defaults(spec: Obj, restart: str) -> None:
     _container_defaults(spec)
 
 
+def early_defaults(key: tuple[str, str], obj: Obj) -> None:
+    """Defaults the API server applies before validation (create and update)."""
+    if key == ("batch", "jobs"):
+        policy = (obj.get("spec") or {}).get("podFailurePolicy") or {}
+        for rule in policy.get("rules") or []:
+            for pattern in rule.get("onPodConditions") or []:
+                pattern.setdefault("status", "True")
+
+
 def apply_builtin_defaults(key: tuple[str, str], obj: Obj) -> None:
     """Defaulting on create (after uid assignment), as the API server's strategies do."""
     meta = obj["metadata"]

@@ -97,6 +97,11 @@ class Store:
         # A real API server answers 415 to a strategic merge patch of a custom resource; by
         # default it is applied here as a JSON merge patch (lists replaced) instead.
         self.reject_strategic_for_custom = False
+        # Validate built-in kinds (Jobs, Pods, RBAC, ...) against the official schemas of this
+        # Kubernetes version (kubernetes-validate); ~15 ms per write. Off by default: those
+        # schemas mark some fields required that the API server defaults instead.
+        self.validate_builtins = False
+        self.kubernetes_version = "1.32"
         self._listeners: list[Callable[[WatchEvent], None]] = []
         for res in res_mod.builtin_resources():
             self.register(res)
@@ -329,6 +334,9 @@ class Store:
             warn = self.admission.admit(res, obj, None, field_validation, subresource=None)
             if warnings is not None:
                 warnings.extend(warn)
+            defaults.early_defaults(res.key, obj)
+            if self.validate_builtins and not res.is_custom:
+                admission_mod.validate_builtin(res, obj, self.kubernetes_version)
             if res.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
                 self._prepare_crd(obj)
             meta["uid"] = str(uuid.uuid4())
@@ -660,6 +668,9 @@ class Store:
         warn = self.admission.admit(res, new, old, field_validation, subresource=subresource)
         if warnings is not None:
             warnings.extend(warn)
+        defaults.early_defaults(res.key, new)
+        if self.validate_builtins and not res.is_custom and subresource is None:
+            admission_mod.validate_builtin(res, new, self.kubernetes_version)
         if _spec_part(new, res.has_status) != _spec_part(old, res.has_status):
             nmeta["generation"] = int(ometa.get("generation", 1)) + 1
         if not nmeta.get("finalizers"):

@@ -427,3 +427,26 @@ def test_pod_identity_url_token_and_rbac(crd_cluster: LocalCluster) -> None:
     assert status(auth) == 200
     with urllib.request.urlopen(crd_cluster.url + path) as resp:  # the admin: no RBAC
         assert resp.status == 200
+
+
+def test_builtin_kinds_validated_when_asked(crd_cluster: LocalCluster) -> None:
+    crd_cluster.store.validate_builtins = True
+    batch = kubernetes.client.BatchV1Api(api(crd_cluster))
+    job = {
+        "metadata": {"name": "j"},
+        "spec": {
+            "template": {
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "a", "image": "b"}]}
+            },
+            "podFailurePolicy": {
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}],
+            },
+        },
+    }
+    created = batch.create_namespaced_job("default", job)  # status is defaulted, not required
+    assert created.spec.pod_failure_policy.rules[0].on_pod_conditions[0].status == "True"
+    job["metadata"]["name"] = "j2"
+    job["spec"]["backoffLimit"] = "many"
+    with pytest.raises(ApiException) as exc:
+        batch.create_namespaced_job("default", job)
+    assert exc.value.status == 422 and "spec.backoffLimit: Invalid value" in exc.value.body
