@@ -393,7 +393,10 @@ def build_job(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) 
                         ],
                     },
                 },
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
             ]
         },
         "template": {

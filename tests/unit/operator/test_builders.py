@@ -182,7 +182,10 @@ def test_job_policies() -> None:
         "action": "FailJob",
         "onExitCodes": {"containerName": "engine", "operator": "In", "values": [2, 3]},
     }
-    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[1] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
     assert "suspend" not in spec
 
 
@@ -263,3 +266,16 @@ def test_long_owner_name_label_is_shortened_but_annotation_is_full() -> None:
     label = job["metadata"]["labels"]["kubequant.io/owner-name"]
     assert len(label) <= 63
     assert builders.owner_of_child(job) == long
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.33.0"])
+def test_children_validate_against_the_official_schemas(version: str) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    obj = make_object(
+        queueName="q",
+        cache={"pvcName": "hf-cache"},
+        model={"uri": "pvc://models/m", "task": "feature-extraction", "credentialsSecret": "s"},
+        resources={"gpu": 1, "tolerations": [{"key": "k", "operator": "Exists"}]},
+    )
+    for child in builders.build_children(obj, parse_spec(obj["spec"]), Settings()):
+        kubernetes_validate.validate(child, version, strict=True)
