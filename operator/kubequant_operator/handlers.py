@@ -22,8 +22,8 @@ from typing import Any
 import kopf
 
 from kubequant_api.constants import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
-from kubequant_operator.builders import owner_of_child
 from kubequant_operator.access import ClusterAccess
+from kubequant_operator.builders import owner_of_child
 from kubequant_operator.kube import KubeError
 from kubequant_operator.metrics import Metrics, view_of
 from kubequant_operator.reconcile import ReconcileError, Reconciler
