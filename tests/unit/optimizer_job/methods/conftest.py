@@ -52,7 +52,8 @@ def encode(
 
 def mean_pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     weights = mask[..., None].astype(np.float32)
-    return (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1.0)
+    pooled: np.ndarray = (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1.0)
+    return pooled
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

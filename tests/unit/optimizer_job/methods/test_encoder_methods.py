@@ -120,7 +120,7 @@ def test_bnb_forward_before_save_would_corrupt_the_checkpoint(
     from transformers import AutoModel, BitsAndBytesConfig
 
     ids, mask, ref = reference_outputs(minilm_path, Task.FEATURE_EXTRACTION, eval_texts)
-    config = BitsAndBytesConfig(
+    config = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=False,

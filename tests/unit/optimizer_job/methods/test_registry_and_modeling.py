@@ -86,7 +86,7 @@ def test_gptq_group_size_must_divide_the_layers(minilm_path: Path, tmp_path: Pat
         num_attention_heads=4,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(str(src))
+    LlamaForCausalLM(config).save_pretrained(str(src))  # type: ignore[no-untyped-call]
     modeling.copy_tokenizer(minilm_path, src)
     request = QuantizeRequest(
         source_dir=src,
