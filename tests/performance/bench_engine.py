@@ -729,8 +729,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r.get("cosine_similarity"),
                 r.get("top1_agreement"),
                 r.get("perplexity_increase_percent"),
-                _mb(r.get("peak_above_baseline")),
-                r.get("work_s"),
+                None if r.get("error") else _mb(r.get("peak_above_baseline")),
+                None if r.get("error") else r.get("work_s"),
                 (r.get("error") or "")[:60] or None,
             ]
             for r in rows
