@@ -57,3 +57,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build *.egg-info .kubequant-cache bench-results
+
+e2e-kind:
+	bash hack/e2e-kind.sh
