@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from kubequant_api.constants import Task
-from optimizer_job.methods.base import IncompatibleError, MethodError, QuantizeRequest
+from optimizer_job.methods.base import (
+    ArtifactInfo,
+    IncompatibleError,
+    MethodError,
+    QuantizeRequest,
+)
 
 log = logging.getLogger("optimizer_job.methods")
 
@@ -137,3 +142,25 @@ def torch_dtype(name: str) -> Any:
 
 def device_map(request: QuantizeRequest) -> str:
     return "cuda:0" if request.device.startswith("cuda") else "cpu"
+
+
+def finish_artifact(
+    name: str,
+    request: QuantizeRequest,
+    task: Task,
+    fmt: str,
+    extra: dict[str, Any] | None = None,
+) -> ArtifactInfo:
+    """The tail every method shares: make the artifact self-contained and describe it."""
+    from optimizer_job import modeling
+
+    modeling.copy_tokenizer(request.source_dir, request.out_dir)
+    request.progress(100)
+    return ArtifactInfo(
+        method=name,
+        params=request.params.to_api(),
+        task=task.value,
+        format=fmt,
+        files=artifact_files(request.out_dir),
+        extra=extra or {},
+    )

@@ -15,10 +15,10 @@ from kubequant_api.constants import Task
 from optimizer_job import modeling
 from optimizer_job.methods._common import (
     ALL_TASKS,
-    artifact_files,
     check_device,
     check_task,
     device_map,
+    finish_artifact,
     library_errors,
     release,
     timed,
@@ -61,14 +61,11 @@ class _Bnb(QuantizationMethod):
             model.save_pretrained(str(request.out_dir), safe_serialization=True)
         release(model)
         del model
-        modeling.copy_tokenizer(request.source_dir, request.out_dir)
-        request.progress(100)
-        return ArtifactInfo(
-            method=self.name,
-            params=request.params.to_api(),
-            task=task.value,
-            format="safetensors",
-            files=artifact_files(request.out_dir),
+        return finish_artifact(
+            self.name,
+            request,
+            task,
+            "safetensors",
             extra={"library": "bitsandbytes", "savedBeforeForward": True},
         )
 

@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 from kubequant_api.constants import Task
 from optimizer_job import modeling
 from optimizer_job.methods._common import (
-    artifact_files,
     check_device,
     check_task,
+    finish_artifact,
     library_errors,
     release,
     timed,
@@ -157,14 +157,11 @@ class _LlmCompressor(QuantizationMethod):
             model.save_pretrained(str(request.out_dir), save_compressed=True)
         release(model)
         del model
-        modeling.copy_tokenizer(request.source_dir, request.out_dir)
-        request.progress(100)
-        return ArtifactInfo(
-            method=self.name,
-            params=request.params.to_api(),
-            task=task.value,
-            format="compressed-tensors",
-            files=artifact_files(request.out_dir),
+        return finish_artifact(
+            self.name,
+            request,
+            task,
+            "compressed-tensors",
             extra={"library": "llmcompressor", "calibrationSamples": len(dataset)},
         )
 

@@ -17,9 +17,9 @@ from kubequant_api.constants import Task
 from optimizer_job import modeling
 from optimizer_job.methods._common import (
     ALL_TASKS,
-    artifact_files,
     check_device,
     check_task,
+    finish_artifact,
     library_errors,
     release,
     timed,
@@ -155,14 +155,11 @@ class OnnxInt8(QuantizationMethod):
                 )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        modeling.copy_tokenizer(request.source_dir, request.out_dir)
-        request.progress(100)
-        return ArtifactInfo(
-            method=self.name,
-            params=request.params.to_api(),
-            task=task.value,
-            format="onnx",
-            files=artifact_files(request.out_dir),
+        return finish_artifact(
+            self.name,
+            request,
+            task,
+            "onnx",
             extra={
                 "inputs": list(INPUT_NAMES),
                 "output": OUTPUT_NAMES[task],

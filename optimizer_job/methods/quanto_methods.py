@@ -15,10 +15,10 @@ from kubequant_api.constants import Task
 from optimizer_job import modeling
 from optimizer_job.methods._common import (
     ALL_TASKS,
-    artifact_files,
     check_device,
     check_task,
     device_map,
+    finish_artifact,
     library_errors,
     release,
     timed,
@@ -80,15 +80,8 @@ class _Quanto(QuantizationMethod):
             wrapped.save_pretrained(str(request.out_dir))
         release(model, wrapped)
         del model, wrapped
-        modeling.copy_tokenizer(request.source_dir, request.out_dir)
-        request.progress(100)
-        return ArtifactInfo(
-            method=self.name,
-            params=request.params.to_api(),
-            task=task.value,
-            format="quanto",
-            files=artifact_files(request.out_dir),
-            extra={"weights": self.weights, "excluded": exclude},
+        return finish_artifact(
+            self.name, request, task, "quanto", extra={"weights": self.weights, "excluded": exclude}
         )
 
     def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:

@@ -20,10 +20,10 @@ from kubequant_api.constants import Task
 from optimizer_job import modeling
 from optimizer_job.methods._common import (
     ALL_TASKS,
-    artifact_files,
     check_device,
     check_task,
     device_map,
+    finish_artifact,
     library_errors,
     log,
     release,
@@ -70,15 +70,7 @@ class _TorchaoInt8(QuantizationMethod):
             model.save_pretrained(str(request.out_dir), safe_serialization=True)
         release(model)
         del model
-        modeling.copy_tokenizer(request.source_dir, request.out_dir)
-        request.progress(100)
-        return ArtifactInfo(
-            method=self.name,
-            params=request.params.to_api(),
-            task=task.value,
-            format="safetensors",
-            files=artifact_files(request.out_dir),
-        )
+        return finish_artifact(self.name, request, task, "safetensors")
 
     def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:
         with library_errors(self.name, "loading the artifact"):
@@ -168,14 +160,11 @@ class TorchaoInt4Weight(QuantizationMethod):
             model.config.save_pretrained(str(request.out_dir))
         release(model)
         del model
-        modeling.copy_tokenizer(request.source_dir, request.out_dir)
-        request.progress(100)
-        return ArtifactInfo(
-            method=self.name,
-            params=request.params.to_api(),
-            task=task.value,
-            format="torch-save",
-            files=artifact_files(request.out_dir),
+        return finish_artifact(
+            self.name,
+            request,
+            task,
+            "torch-save",
             extra={
                 "device": "cuda" if request.device.startswith("cuda") else "cpu",
                 "config": type(_int4_config(request.device, group_size)).__name__,
