@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(BIN)/isort --check-only --diff $(SRC) tests
 	$(BIN)/ruff check $(SRC) tests
 	cd . && $(BIN)/mypy --strict $(SRC)
+	$(BIN)/lint-imports
 
 format:
 	$(BIN)/isort $(SRC) tests
