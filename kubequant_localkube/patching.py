@@ -239,3 +239,14 @@ def json_patch(target: Any, ops: Any) -> Any:
         else:
             raise PatchError(f"JSON patch: unknown operation {kind!r}", 400)
     return doc
+
+
+def patched(current: Any, patch_type: str, patch: Any, *, custom: bool) -> Any:
+    """``current`` with a ``json``, ``strategic`` or (anything else) JSON merge ``patch``."""
+    if patch_type == "json":
+        return json_patch(current, patch)
+    if patch_type == "strategic":
+        return strategic_merge_patch(current, patch, custom=custom)
+    if not isinstance(patch, dict):
+        raise PatchError("a merge patch must be a JSON object", 400)
+    return merge_patch(current, patch)
