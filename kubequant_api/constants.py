@@ -1,4 +1,4 @@
-"""Names and numbers every component of kubequant agrees on (see API.md)."""
+"""Names and numbers every component of kubequant agrees on (see docs/api.md)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class ConditionType(StrEnum):
 
 
 class Reason(StrEnum):
-    """Condition reasons (Stalled reasons are the ones listed in API.md)."""
+    """Condition reasons (the Stalled ones are STALLED_REASONS, listed in docs/api.md)."""
 
     SUCCEEDED = "Succeeded"
     PROGRESSING = "Progressing"

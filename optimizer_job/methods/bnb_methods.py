@@ -2,7 +2,7 @@
 
 The model is quantized while it loads and saved at once, before any forward pass:
 bitsandbytes' CPU backend repacks 4-bit quantization state on the first forward on CPUs
-with avx512_bf16, and a checkpoint saved after that is silently corrupt (FINDINGS). Saving
+with avx512_bf16, and a checkpoint saved after that is silently corrupt (docs/findings.md). Saving
 first keeps the artifact right with or without double quantization.
 """
 

@@ -2,7 +2,7 @@
 
 transformers' ``QuantoConfig`` refuses to save, so the artifact is written with quanto's
 ``QuantizedTransformersModel`` (safetensors plus ``quanto_qmap.json``) and reloaded by the
-same class, which re-creates the quantized modules from the map (FINDINGS: exact). int4
+same class, which re-creates the quantized modules from the map (docs/findings.md: exact). int4
 kernels refuse inference tensors, so those artifacts run under ``torch.no_grad``.
 """
 
