@@ -201,7 +201,7 @@ def build_crd() -> dict[str, Any]:
     _free_form(spec_schema)
     _free_form(status_schema)
     spec_schema["description"] = (
-        "What to optimize, how, how to judge it and where to put it (see API.md)."
+        "What to optimize, how, how to judge it and where to put it (see docs/api.md)."
     )
     spec_schema["x-kubernetes-validations"] = spec_rules()
     candidate = spec_schema["properties"]["candidates"]["items"]

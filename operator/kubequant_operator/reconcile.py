@@ -10,19 +10,15 @@ exactly one more run).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from kubequant_api.constants import (
     OWNER_UID_LABEL,
-    RESULTS_FILE,
     Phase,
     Reason,
 )
@@ -30,6 +26,8 @@ from kubequant_api.errors import InvalidSpecError, KubequantError
 from kubequant_api.models import ModelOptimizationSpec, Result, parse_spec
 from kubequant_operator import builders
 from kubequant_operator.checks import compatibility_problem
+from kubequant_operator.children import job_finished, job_started, parse_time
+from kubequant_operator.harvest import harvest_from_pods, read_results_file, result_for_generation
 from kubequant_operator.kube import Kube, KubeError
 from kubequant_operator.metrics import Metrics
 from kubequant_operator.settings import Settings
@@ -38,12 +36,7 @@ from kubequant_operator.status import (
     Observation,
     StatusUpdate,
     compute_status,
-    harvest_from_pods,
     is_terminal_for_generation,
-    job_finished,
-    parse_time,
-    result_for_generation,
-    result_from_summary,
 )
 
 log = logging.getLogger("kubequant.operator")
@@ -71,32 +64,6 @@ class Outcome:
     created: bool = False
     patched: bool = False
     deleted_jobs: tuple[str, ...] = ()
-
-
-def read_results_file(output_uri: str, generation: int) -> tuple[Result | None, str]:
-    """``results.json`` beside a file:// output (other schemes are not readable here)."""
-    parsed = urlparse(output_uri)
-    if parsed.scheme != "file":
-        return None, f"{RESULTS_FILE} at {parsed.scheme}:// outputs is not readable by the operator"
-    path = Path(unquote(parsed.path)) / RESULTS_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None, f"{path} does not exist"
-    except (OSError, ValueError) as exc:
-        return None, f"{path} is not readable JSON ({exc})"
-    if not isinstance(data, dict):
-        return None, f"{path} does not hold a JSON object"
-    result = result_from_summary(data, generation)
-    if result is None:
-        return None, f"{path} holds no result for generation {generation}"
-    return result, ""
-
-
-def _job_started(job: Mapping[str, Any]) -> bool:
-    """Whether the Job has had pods (a Job just created or still suspended has none)."""
-    st = job.get("status") or {}
-    return bool(st.get("active") or st.get("failed") or st.get("succeeded") or st.get("conditions"))
 
 
 class Reconciler:
@@ -215,7 +182,7 @@ class Reconciler:
         pods: list[dict[str, Any]] = []
         harvested: Result | None = None
         note = ""
-        if job is not None and _job_started(job):
+        if job is not None and job_started(job):
             pods = await self.kube.list(
                 "v1",
                 "Pod",

@@ -1,32 +1,46 @@
 """Pure status computation: (object, its Job, the Job's pods, settings, now) -> status.
 
-Nothing here does I/O. The operator owns ``phase``, ``conditions``, ``observedGeneration``,
-``jobName``, ``attempts``, the times, ``message`` and ``failure``; it writes ``result`` only
-when it harvests one the engine could not write (from the termination message or
-``results.json``). Conditions follow kstatus: ``Ready`` is True only when the run of the
-current generation is done, ``Reconciling`` is True while work is under way, ``Stalled`` is
-True with a reason when the object cannot progress without a change.
+Nothing here does I/O. :func:`classify` reads the observation as ONE :class:`State` (phase,
+reason, message, whether work is under way, suspended or stalled, and the run's facts);
+:func:`conditions_for` derives the four kstatus conditions from that state, and
+:func:`transition_events` the events from the change between the old and the new status.
+Reading Jobs and Pods lives in :mod:`.children`, harvesting results in :mod:`.harvest`.
+
+The operator owns ``phase``, ``conditions``, ``observedGeneration``, ``jobName``,
+``attempts``, the times, ``message`` and ``failure``; it writes ``result`` only when it
+harvests one the engine could not write (from the termination message or ``results.json``).
+Conditions follow kstatus: ``Ready`` is True only when the run of the current generation is
+done, ``Reconciling`` is True while work is under way, ``Stalled`` is True with a reason when
+the object cannot progress without a change.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from kubequant_api.constants import ConditionType, ExitCode, GateVerdict, Phase, Reason
 from kubequant_api.models import ModelOptimizationSpec, Result
-from kubequant_operator.builders import CONTAINER_NAME, generation_of_child
+from kubequant_operator.builders import generation_of_child
+from kubequant_operator.children import (
+    attempts,
+    engine_image,
+    image_pull_waiting,
+    job_condition,
+    job_finished,
+    job_name,
+    job_suspended,
+    pod_pending,
+    pod_running,
+    sorted_pods,
+    terminated_state,
+    unschedulable,
+)
+from kubequant_operator.harvest import clip, result_for_generation, summary_detail
 from kubequant_operator.settings import Settings
 
-IMAGE_PULL_REASONS = frozenset(
-    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-)
-MESSAGE_MAX = 1024
 OPERATOR_FIELDS = (
     "phase",
     "observedGeneration",
@@ -38,30 +52,13 @@ OPERATOR_FIELDS = (
     "message",
     "failure",
 )
-_RESULT_KEYS = frozenset(f.alias or n for n, f in Result.model_fields.items())
 
 
 def rfc3339(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _clip(text: str, limit: int = MESSAGE_MAX) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
-
-
-# --------------------------------------------------------------------------- inputs
+# --------------------------------------------------------------------------- inputs and outputs
 
 
 @dataclass(frozen=True)
@@ -103,106 +100,6 @@ class StatusUpdate:
         return str(value) if value is not None else None
 
 
-# --------------------------------------------------------------------------- pods and jobs
-
-
-def job_condition(job: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:
-    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == ctype and cond.get("status") == "True":
-            return dict(cond)
-    return None
-
-
-def job_finished(job: Mapping[str, Any] | None) -> str | None:
-    """'Complete', 'Failed' or None."""
-    if job_condition(job, "Failed") is not None:
-        return "Failed"
-    if job_condition(job, "Complete") is not None:
-        return "Complete"
-    return None
-
-
-def _engine_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    for cs in statuses:
-        if cs.get("name") == CONTAINER_NAME:
-            return dict(cs)
-    return dict(statuses[0]) if statuses else {}
-
-
-def _sorted_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    def key(p: Mapping[str, Any]) -> str:
-        return str((p.get("metadata") or {}).get("creationTimestamp") or "")
-
-    return sorted(pods, key=key)
-
-
-def terminated_state(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    cs = _engine_status(pod)
-    state = (cs.get("state") or {}).get("terminated")
-    if state:
-        return dict(state)
-    last = (cs.get("lastState") or {}).get("terminated")
-    return dict(last) if last else None
-
-
-def waiting_state(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    state = (_engine_status(pod).get("state") or {}).get("waiting")
-    return dict(state) if state else None
-
-
-def parse_summary(message: str | None) -> dict[str, Any] | None:
-    """The engine's JSON summary from a termination message, if it is one."""
-    if not message:
-        return None
-    try:
-        data = json.loads(message)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def result_from_summary(summary: Mapping[str, Any], generation: int) -> Result | None:
-    """A Result from the engine's summary (``{"result": {...}}`` or the result itself)."""
-    raw = summary.get("result") if isinstance(summary.get("result"), dict) else summary
-    if not isinstance(raw, Mapping):
-        return None
-    picked = {k: v for k, v in raw.items() if k in _RESULT_KEYS}
-    if not picked.get("method") and not picked.get("plan") and not picked.get("candidates"):
-        return None
-    try:
-        result = Result.model_validate(picked)
-    except ValidationError:
-        return None
-    if result.generation is None:
-        outer = summary.get("generation")
-        result.generation = outer if isinstance(outer, int) else generation
-    return result if result.generation == generation else None
-
-
-def harvest_from_pods(pods: Sequence[Mapping[str, Any]], generation: int) -> Result | None:
-    """The newest pod's termination message, parsed as the engine's summary."""
-    for pod in reversed(_sorted_pods(pods)):
-        term = terminated_state(pod)
-        summary = parse_summary((term or {}).get("message"))
-        if summary is not None:
-            result = result_from_summary(summary, generation)
-            if result is not None:
-                return result
-    return None
-
-
-def _summary_message(term: Mapping[str, Any] | None) -> str:
-    text = str((term or {}).get("message") or "")
-    summary = parse_summary(text)
-    if summary is not None:
-        for key in ("message", "error", "detail"):
-            if summary.get(key):
-                return _clip(str(summary[key]))
-        return ""
-    return _clip(text)
-
-
 @dataclass(frozen=True)
 class FailureInfo:
     reason: Reason
@@ -214,6 +111,38 @@ class FailureInfo:
         if self.exit_code is not None:
             out["exitCode"] = self.exit_code
         return out
+
+
+@dataclass(frozen=True)
+class State:
+    """What one observation means for the object's current generation.
+
+    ``failure`` is set exactly when the object is stalled (it cannot progress without a
+    change); ``reconciling`` while work is under way; ``suspended`` while no Job may run.
+    """
+
+    phase: Phase
+    reason: Reason
+    message: str
+    reconciling: bool = False
+    suspended: bool = False
+    failure: FailureInfo | None = None
+    job_name: str | None = None
+    attempts: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    result: dict[str, Any] | None = None  # a harvested result to write into status.result
+
+    @property
+    def stalled(self) -> bool:
+        return self.failure is not None
+
+
+def _stalled(phase: Phase, failure: FailureInfo, message: str, **run: Any) -> State:
+    return State(phase, failure.reason, message, failure=failure, **run)
+
+
+# --------------------------------------------------------------------------- failures
 
 
 def classify_failed_job(
@@ -228,19 +157,19 @@ def classify_failed_job(
         text = cond_message or "Job was active longer than specified deadline"
         if limit is not None:
             text = f"spec.timeoutSeconds ({limit}s) exceeded: {text}"
-        return FailureInfo(Reason.DEADLINE_EXCEEDED, _clip(text))
-    ordered = _sorted_pods(pods)
+        return FailureInfo(Reason.DEADLINE_EXCEEDED, clip(text))
+    ordered = sorted_pods(pods)
     for pod in reversed(ordered):
         term = terminated_state(pod)
         if term is None:
             continue
         code = term.get("exitCode")
         exit_code = int(code) if code is not None else None
-        detail = _summary_message(term)
+        detail = summary_detail(term)
         if term.get("reason") == "OOMKilled":
             mem = (spec.resources.memory if spec is not None else None) or "the memory limit"
             text = f"the engine ran out of memory (limit {mem}); raise spec.resources.memory"
-            return FailureInfo(Reason.OOM_KILLED, _clip(text), exit_code or 137)
+            return FailureInfo(Reason.OOM_KILLED, clip(text), exit_code or 137)
         if exit_code == ExitCode.INVALID_SPEC:
             return FailureInfo(Reason.INVALID_SPEC, detail or "the engine rejected the spec", 2)
         if exit_code == ExitCode.QUALITY_GATE_FAILED:
@@ -255,57 +184,163 @@ def classify_failed_job(
             exit_code,
         )
     for pod in reversed(ordered):
-        waiting = waiting_state(pod)
-        if waiting and waiting.get("reason") in IMAGE_PULL_REASONS:
-            return FailureInfo(Reason.IMAGE_PULL_BACK_OFF, _clip(str(waiting.get("message", ""))))
+        waiting = image_pull_waiting(pod)
+        if waiting is not None:
+            return FailureInfo(Reason.IMAGE_PULL_BACK_OFF, clip(str(waiting.get("message", ""))))
     return FailureInfo(
         Reason.ENGINE_FAILED,
-        _clip(cond_message or f"the Job failed ({cond_reason or 'no reason given'})"),
+        clip(cond_message or f"the Job failed ({cond_reason or 'no reason given'})"),
     )
 
 
-def _pod_blocked(
+def pod_blocked(
     pods: Sequence[Mapping[str, Any]], s: Settings, now: datetime
 ) -> FailureInfo | None:
     """ImagePullBackOff at once; Unschedulable once pending longer than the deadline."""
-    for pod in reversed(_sorted_pods(pods)):
-        status = pod.get("status") or {}
-        if status.get("phase") not in (None, "Pending"):
+    for pod in reversed(sorted_pods(pods)):
+        if not pod_pending(pod):
             continue
-        waiting = waiting_state(pod)
-        if waiting and waiting.get("reason") in IMAGE_PULL_REASONS:
-            image = next(
-                (
-                    c.get("image")
-                    for c in (pod.get("spec") or {}).get("containers") or []
-                    if c.get("name") == CONTAINER_NAME
-                ),
-                "",
-            )
-            text = f"cannot pull engine image {image!r}: {waiting.get('message', '')}".strip()
-            return FailureInfo(Reason.IMAGE_PULL_BACK_OFF, _clip(text))
-        for cond in status.get("conditions") or []:
-            if (
-                cond.get("type") == "PodScheduled"
-                and cond.get("status") == "False"
-                and cond.get("reason") == "Unschedulable"
-            ):
-                since = parse_time(cond.get("lastTransitionTime")) or parse_time(
-                    (pod.get("metadata") or {}).get("creationTimestamp")
-                )
-                if since is not None and (now - since).total_seconds() >= (
-                    s.pending_deadline_seconds
-                ):
-                    text = (
-                        f"pod unschedulable for over {s.pending_deadline_seconds}s: "
-                        f"{cond.get('message', '')}"
-                    )
-                    return FailureInfo(Reason.UNSCHEDULABLE, _clip(text.strip()))
+        waiting = image_pull_waiting(pod)
+        if waiting is not None:
+            text = f"cannot pull engine image {engine_image(pod)!r}: {waiting.get('message', '')}"
+            return FailureInfo(Reason.IMAGE_PULL_BACK_OFF, clip(text.strip()))
+        stuck = unschedulable(pod)
+        if stuck is not None:
+            since, why = stuck
+            deadline = s.pending_deadline_seconds
+            if since is not None and (now - since).total_seconds() >= deadline:
+                text = f"pod unschedulable for over {deadline}s: {why}"
+                return FailureInfo(Reason.UNSCHEDULABLE, clip(text.strip()))
     return None
 
 
-def _pod_running(pods: Sequence[Mapping[str, Any]]) -> bool:
-    return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
+# --------------------------------------------------------------------------- classification
+
+
+def generation_of(obj: Mapping[str, Any]) -> int:
+    return int((obj.get("metadata") or {}).get("generation") or 1)
+
+
+def classify(obs: Observation, s: Settings, now: datetime) -> State:
+    """The one state the observation is in."""
+    spec = obs.spec
+    if obs.blocker is not None:
+        b = obs.blocker
+        phase = Phase.FAILED if b.terminal else Phase.PENDING
+        return _stalled(phase, FailureInfo(b.reason, b.message), b.message)
+    if spec is not None and spec.suspend:
+        message = "suspended by spec.suspend: no Job runs"
+        return State(Phase.PENDING, Reason.SUSPENDED, message, suspended=True)
+    if obs.job is None:
+        return State(
+            Phase.PENDING, Reason.PROGRESSING, "creating the engine's Job", reconciling=True
+        )
+
+    job = obs.job
+    generation = generation_of(obs.obj)
+    pods = [p for p in obs.pods if generation_of_child(p) in (None, generation)]
+    run: dict[str, Any] = {
+        "job_name": job_name(job),
+        "attempts": attempts(job, pods),
+        "start_time": (job.get("status") or {}).get("startTime"),
+    }
+    existing = result_for_generation(obs.obj, generation)
+    if existing is None and obs.harvested is not None and job_finished(job) is not None:
+        run["result"] = existing = obs.harvested.to_api()
+    return replace(_job_state(obs, job, pods, existing, s=s, now=now), **run)
+
+
+def _job_state(
+    obs: Observation,
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    existing: Mapping[str, Any] | None,
+    *,
+    s: Settings,
+    now: datetime,
+) -> State:
+    """The state while the current generation's Job exists."""
+    spec = obs.spec
+    job_status = job.get("status") or {}
+    finished = job_finished(job)
+    if finished == "Complete":
+        done = job_status.get("completionTime") or rfc3339(now)
+        if existing is not None:
+            dry_run = bool(spec is not None and spec.dry_run)
+            why = Reason.DRY_RUN_SUCCEEDED if dry_run else Reason.SUCCEEDED
+            message = _success_message(existing, dry_run)
+            return State(Phase.SUCCEEDED, why, message, completion_time=done)
+        message = (
+            "the engine finished but its results could not be read from "
+            "status.result, the termination message or results.json"
+        )
+        if obs.harvest_note:
+            message += f" ({obs.harvest_note})"
+        failure = FailureInfo(Reason.RESULTS_UNAVAILABLE, message, 0)
+        return _stalled(Phase.FAILED, failure, message, completion_time=done)
+    if finished == "Failed":
+        failed_cond = job_condition(job, "Failed") or {}
+        done = (
+            job_status.get("completionTime")
+            or failed_cond.get("lastTransitionTime")
+            or rfc3339(now)
+        )
+        failure = classify_failed_job(job, pods, spec)
+        if failure.reason == Reason.QUALITY_GATE_FAILED and existing is not None:
+            failure = replace(failure, message=_gate_message(existing) or failure.message)
+        message = f"{failure.reason}: {failure.message}"
+        return _stalled(Phase.FAILED, failure, message, completion_time=done)
+    if job_suspended(job):
+        if spec is not None and spec.queue_name:
+            message = f"waiting for admission by Kueue queue {spec.queue_name!r}"
+            return State(Phase.PENDING, Reason.QUEUED, message, reconciling=True, suspended=True)
+        message = "the Job is suspended"
+        return State(Phase.PENDING, Reason.SUSPENDED, message, reconciling=True, suspended=True)
+    blocked = pod_blocked(pods, s, now)
+    if blocked is not None:
+        return _stalled(Phase.PENDING, blocked, f"{blocked.reason}: {blocked.message}")
+    name = job_name(job)
+    if pod_running(pods):
+        message = f"the engine is running (Job {name}, attempt {max(attempts(job, pods), 1)})"
+        return State(Phase.RUNNING, Reason.RUNNING, message, reconciling=True)
+    message = f"Job {name} created, waiting for its pod"
+    return State(Phase.PENDING, Reason.JOB_CREATED, message, reconciling=True)
+
+
+def _success_message(result: Mapping[str, Any], dry_run: bool) -> str:
+    if dry_run:
+        return "dry run done: the plan is in status.result.plan"
+    parts = [f"{result.get('method') or 'optimized'}"]
+    ratio = result.get("compressionRatio")
+    if ratio is not None:
+        parts.append(f"compression {float(ratio):.2f}x")
+    verdict = result.get("qualityGate")
+    if verdict:
+        parts.append(f"quality gate {verdict}")
+    uri = result.get("outputUri")
+    if uri:
+        parts.append(f"written to {uri}")
+    return ", ".join(parts)
+
+
+def _gate_message(result: Mapping[str, Any]) -> str:
+    parts = []
+    for key in ("perplexityIncreasePercent", "cosineSimilarity", "top1Agreement"):
+        if result.get(key) is not None:
+            parts.append(f"{key}={result[key]}")
+    if result.get("qualityGate") == GateVerdict.FAILED and parts:
+        return "quality gate failed: " + ", ".join(parts)
+    return ""
+
+
+def is_terminal_for_generation(obj: Mapping[str, Any]) -> bool:
+    """The current generation already ended (Succeeded or Failed): never start it again."""
+    status = obj.get("status") or {}
+    generation = (obj.get("metadata") or {}).get("generation")
+    return status.get("observedGeneration") == generation and status.get("phase") in (
+        Phase.SUCCEEDED,
+        Phase.FAILED,
+    )
 
 
 # --------------------------------------------------------------------------- conditions
@@ -318,6 +353,30 @@ def _cond(ctype: ConditionType, status: bool, reason: str, message: str) -> dict
         "reason": str(reason),
         "message": message,
     }
+
+
+def conditions_for(state: State) -> list[dict[str, Any]]:
+    """The four kstatus conditions of a state: the one place they are written.
+
+    Every condition carries the state's reason; a condition that is True also carries its
+    message (Ready always does). Suspended says NotSuspended while it is False.
+    """
+    reason, message = state.reason, state.message
+
+    def told(on: bool) -> str:
+        return message if on else ""
+
+    return [
+        _cond(ConditionType.READY, state.phase == Phase.SUCCEEDED, reason, message),
+        _cond(ConditionType.RECONCILING, state.reconciling, reason, told(state.reconciling)),
+        _cond(ConditionType.STALLED, state.stalled, reason, told(state.stalled)),
+        _cond(
+            ConditionType.SUSPENDED,
+            state.suspended,
+            reason if state.suspended else Reason.NOT_SUSPENDED,
+            told(state.suspended),
+        ),
+    ]
 
 
 def merge_conditions(
@@ -337,215 +396,35 @@ def merge_conditions(
     return merged
 
 
-def result_for_generation(obj: Mapping[str, Any], generation: int) -> dict[str, Any] | None:
-    result = (obj.get("status") or {}).get("result")
-    if isinstance(result, dict) and result.get("generation") == generation:
-        return result
-    return None
-
-
-def is_terminal_for_generation(obj: Mapping[str, Any]) -> bool:
-    """The current generation already ended (Succeeded or Failed): never start it again."""
-    status = obj.get("status") or {}
-    generation = (obj.get("metadata") or {}).get("generation")
-    return status.get("observedGeneration") == generation and status.get("phase") in (
-        Phase.SUCCEEDED,
-        Phase.FAILED,
-    )
-
-
-def _attempts(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> int:
-    st = job.get("status") or {}
-    counted = int(st.get("failed") or 0) + int(st.get("succeeded") or 0)
-    counted += int(st.get("active") or 0)
-    return max(counted, len(pods))
-
-
-def _success_message(result: Mapping[str, Any], dry_run: bool) -> str:
-    if dry_run:
-        return "dry run done: the plan is in status.result.plan"
-    parts = [f"{result.get('method') or 'optimized'}"]
-    ratio = result.get("compressionRatio")
-    if ratio is not None:
-        parts.append(f"compression {float(ratio):.2f}x")
-    verdict = result.get("qualityGate")
-    if verdict:
-        parts.append(f"quality gate {verdict}")
-    uri = result.get("outputUri")
-    if uri:
-        parts.append(f"written to {uri}")
-    return ", ".join(parts)
-
-
 # --------------------------------------------------------------------------- the computation
 
 
 def compute_status(obs: Observation, s: Settings, now: datetime) -> StatusUpdate:
     """The operator-owned status for the object's current generation, and the events."""
-    obj = obs.obj
-    meta = obj.get("metadata") or {}
-    generation = int(meta.get("generation") or 1)
-    old = dict(obj.get("status") or {})
-    stamp = rfc3339(now)
-    spec = obs.spec
-
-    phase: Phase
-    ready: tuple[bool, str, str]
-    reconciling: tuple[bool, str, str]
-    stalled: tuple[bool, str, str]
-    suspended: tuple[bool, str, str] = (False, Reason.NOT_SUSPENDED, "")
-    failure: FailureInfo | None = None
-    job_name: str | None = None
-    attempts: int | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
-    result_patch: dict[str, Any] | None = None
-
-    if obs.blocker is not None:
-        b = obs.blocker
-        phase = Phase.FAILED if b.terminal else Phase.PENDING
-        ready = (False, b.reason, b.message)
-        reconciling = (False, b.reason, "")
-        stalled = (True, b.reason, b.message)
-        failure = FailureInfo(b.reason, b.message)
-        message = b.message
-    elif spec is not None and spec.suspend:
-        phase = Phase.PENDING
-        message = "suspended by spec.suspend: no Job runs"
-        ready = (False, Reason.SUSPENDED, message)
-        reconciling = (False, Reason.SUSPENDED, "")
-        stalled = (False, Reason.SUSPENDED, "")
-        suspended = (True, Reason.SUSPENDED, message)
-    elif obs.job is None:
-        phase = Phase.PENDING
-        message = "creating the engine's Job"
-        ready = (False, Reason.PROGRESSING, message)
-        reconciling = (True, Reason.PROGRESSING, message)
-        stalled = (False, Reason.PROGRESSING, "")
-    else:
-        job = obs.job
-        pods = [p for p in obs.pods if generation_of_child(p) in (None, generation)]
-        job_name = str((job.get("metadata") or {}).get("name"))
-        attempts = _attempts(job, pods)
-        job_status = job.get("status") or {}
-        start_time = job_status.get("startTime")
-        finished = job_finished(job)
-        dry_run = bool(spec is not None and spec.dry_run)
-        existing = result_for_generation(obj, generation)
-        if existing is None and obs.harvested is not None and finished is not None:
-            result_patch = obs.harvested.to_api()
-            existing = result_patch
-        if finished == "Complete":
-            completion_time = job_status.get("completionTime") or stamp
-            if existing is not None:
-                phase = Phase.SUCCEEDED
-                message = _success_message(existing, dry_run)
-                why = Reason.DRY_RUN_SUCCEEDED if dry_run else Reason.SUCCEEDED
-                ready = (True, why, message)
-                reconciling = (False, why, "")
-                stalled = (False, why, "")
-            else:
-                phase = Phase.FAILED
-                message = (
-                    "the engine finished but its results could not be read from "
-                    "status.result, the termination message or results.json"
-                )
-                if obs.harvest_note:
-                    message += f" ({obs.harvest_note})"
-                failure = FailureInfo(Reason.RESULTS_UNAVAILABLE, message, 0)
-                ready = (False, Reason.RESULTS_UNAVAILABLE, message)
-                reconciling = (False, Reason.RESULTS_UNAVAILABLE, "")
-                stalled = (True, Reason.RESULTS_UNAVAILABLE, message)
-        elif finished == "Failed":
-            failed_cond = job_condition(job, "Failed") or {}
-            completion_time = (
-                job_status.get("completionTime") or failed_cond.get("lastTransitionTime") or stamp
-            )
-            failure = classify_failed_job(job, pods, spec)
-            if failure.reason == Reason.QUALITY_GATE_FAILED and existing is not None:
-                failure = FailureInfo(
-                    failure.reason, _gate_message(existing) or failure.message, failure.exit_code
-                )
-            phase = Phase.FAILED
-            message = f"{failure.reason}: {failure.message}"
-            ready = (False, failure.reason, message)
-            reconciling = (False, failure.reason, "")
-            stalled = (True, failure.reason, message)
-        elif (job.get("spec") or {}).get("suspend"):
-            queued = bool(spec is not None and spec.queue_name)
-            why = Reason.QUEUED if queued else Reason.SUSPENDED
-            phase = Phase.PENDING
-            message = (
-                f"waiting for admission by Kueue queue {spec.queue_name!r}"
-                if queued and spec is not None
-                else "the Job is suspended"
-            )
-            ready = (False, why, message)
-            reconciling = (True, why, message)
-            stalled = (False, why, "")
-            suspended = (True, why, message)
-        else:
-            blocked = _pod_blocked(pods, s, now)
-            if blocked is not None:
-                failure = blocked
-                phase = Phase.PENDING
-                message = f"{blocked.reason}: {blocked.message}"
-                ready = (False, blocked.reason, message)
-                reconciling = (False, blocked.reason, "")
-                stalled = (True, blocked.reason, message)
-            elif _pod_running(pods):
-                phase = Phase.RUNNING
-                message = f"the engine is running (Job {job_name}, attempt {max(attempts, 1)})"
-                ready = (False, Reason.RUNNING, message)
-                reconciling = (True, Reason.RUNNING, message)
-                stalled = (False, Reason.RUNNING, "")
-            else:
-                phase = Phase.PENDING
-                message = f"Job {job_name} created, waiting for its pod"
-                ready = (False, Reason.JOB_CREATED, message)
-                reconciling = (True, Reason.JOB_CREATED, message)
-                stalled = (False, Reason.JOB_CREATED, "")
-
+    generation = generation_of(obs.obj)
+    old = dict(obs.obj.get("status") or {})
+    state = classify(obs, s, now)
     conditions = merge_conditions(
-        old.get("conditions") or [],
-        [
-            _cond(ConditionType.READY, *ready),
-            _cond(ConditionType.RECONCILING, *reconciling),
-            _cond(ConditionType.STALLED, *stalled),
-            _cond(ConditionType.SUSPENDED, *suspended),
-        ],
-        generation,
-        stamp,
+        old.get("conditions") or [], conditions_for(state), generation, rfc3339(now)
     )
     desired: dict[str, Any] = {
-        "phase": str(phase),
+        "phase": str(state.phase),
         "observedGeneration": generation,
         "conditions": conditions,
-        "jobName": job_name,
-        "attempts": attempts,
-        "startTime": start_time,
-        "completionTime": completion_time,
-        "message": _clip(message),
-        "failure": failure.to_api() if failure is not None else None,
+        "jobName": state.job_name,
+        "attempts": state.attempts,
+        "startTime": state.start_time,
+        "completionTime": state.completion_time,
+        "message": clip(state.message),
+        "failure": state.failure.to_api() if state.failure is not None else None,
     }
     patch: dict[str, Any] = {}
     for key in OPERATOR_FIELDS:
         if _normal(old.get(key)) != _normal(desired[key]):
             patch[key] = desired[key]
-    if result_patch is not None:
-        patch["result"] = result_patch
-    events = transition_events(old, desired)
-    return StatusUpdate(status=desired, patch=patch or None, events=events)
-
-
-def _gate_message(result: Mapping[str, Any]) -> str:
-    parts = []
-    for key in ("perplexityIncreasePercent", "cosineSimilarity", "top1Agreement"):
-        if result.get(key) is not None:
-            parts.append(f"{key}={result[key]}")
-    if result.get("qualityGate") == GateVerdict.FAILED and parts:
-        return "quality gate failed: " + ", ".join(parts)
-    return ""
+    if state.result is not None:
+        patch["result"] = state.result
+    return StatusUpdate(status=desired, patch=patch or None, events=transition_events(old, desired))
 
 
 def _normal(value: Any) -> Any:
@@ -555,12 +434,18 @@ def _normal(value: Any) -> Any:
     return value
 
 
+# --------------------------------------------------------------------------- events
+
+
 def _condition(conds: Sequence[Mapping[str, Any]], ctype: str) -> Mapping[str, Any]:
     return next((c for c in conds if c.get("type") == ctype), {})
 
 
 def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventSpec]:
-    """Events for what changed: phase, Stalled (Warning) and Suspended transitions."""
+    """Events for what changed: phase, Stalled (Warning) and Suspended transitions.
+
+    Computed from the status before and after, so posting them needs no read of the API.
+    """
     events: list[EventSpec] = []
     old_conds = old.get("conditions") or []
     new_conds = new.get("conditions") or []

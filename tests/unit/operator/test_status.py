@@ -13,13 +13,13 @@ from kubequant_api.errors import InvalidSpecError
 from kubequant_api.models import parse_spec
 from kubequant_operator import builders
 from kubequant_operator.checks import compatibility_problem
+from kubequant_operator.harvest import harvest_from_pods
 from kubequant_operator.settings import Settings
 from kubequant_operator.status import (
     Blocker,
     Observation,
     StatusUpdate,
     compute_status,
-    harvest_from_pods,
     is_terminal_for_generation,
     rfc3339,
 )

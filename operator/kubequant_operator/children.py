@@ -1,0 +1,150 @@
+"""Reading the object's children: the engine's Job and its Pods, as the API serves them.
+
+Pure readers, no I/O and no judgement: which conditions a Job carries, whether it finished,
+how many attempts it made, the engine container's states in a Pod. What those facts mean
+for the object's status is decided in :mod:`kubequant_operator.status`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from kubequant_operator.builders import CONTAINER_NAME
+
+IMAGE_PULL_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An API timestamp (RFC 3339 text or a datetime) as an aware datetime; None if absent."""
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def job_condition(job: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:
+    """The Job's condition of type ``ctype`` when it is True."""
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def job_finished(job: Mapping[str, Any] | None) -> str | None:
+    """'Complete', 'Failed' or None."""
+    if job_condition(job, "Failed") is not None:
+        return "Failed"
+    if job_condition(job, "Complete") is not None:
+        return "Complete"
+    return None
+
+
+def job_started(job: Mapping[str, Any]) -> bool:
+    """Whether the Job has had pods (a Job just created or still suspended has none)."""
+    st = job.get("status") or {}
+    return bool(st.get("active") or st.get("failed") or st.get("succeeded") or st.get("conditions"))
+
+
+def job_suspended(job: Mapping[str, Any]) -> bool:
+    """Whether the Job is held (``spec.suspend``), e.g. by Kueue until admission."""
+    return bool((job.get("spec") or {}).get("suspend"))
+
+
+def job_name(job: Mapping[str, Any]) -> str:
+    return str((job.get("metadata") or {}).get("name"))
+
+
+def attempts(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> int:
+    """How many pods the Job has run (its counters, or the pods seen when more)."""
+    st = job.get("status") or {}
+    counted = int(st.get("failed") or 0) + int(st.get("succeeded") or 0)
+    counted += int(st.get("active") or 0)
+    return max(counted, len(pods))
+
+
+# --------------------------------------------------------------------------- pods
+
+
+def sorted_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Oldest first, by creation time."""
+
+    def key(p: Mapping[str, Any]) -> str:
+        return str((p.get("metadata") or {}).get("creationTimestamp") or "")
+
+    return sorted(pods, key=key)
+
+
+def engine_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The engine container's status (the first container's when it is not named)."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for cs in statuses:
+        if cs.get("name") == CONTAINER_NAME:
+            return dict(cs)
+    return dict(statuses[0]) if statuses else {}
+
+
+def engine_image(pod: Mapping[str, Any]) -> str | None:
+    """The image the pod's engine container runs ("" when the pod has no engine container)."""
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        if c.get("name") == CONTAINER_NAME:
+            image = c.get("image")
+            return None if image is None else str(image)
+    return ""
+
+
+def terminated_state(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The engine container's terminated state, or its last one after a restart."""
+    cs = engine_status(pod)
+    state = (cs.get("state") or {}).get("terminated")
+    if state:
+        return dict(state)
+    last = (cs.get("lastState") or {}).get("terminated")
+    return dict(last) if last else None
+
+
+def waiting_state(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    state = (engine_status(pod).get("state") or {}).get("waiting")
+    return dict(state) if state else None
+
+
+def image_pull_waiting(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The engine container's waiting state when it waits because its image cannot be pulled."""
+    waiting = waiting_state(pod)
+    if waiting and waiting.get("reason") in IMAGE_PULL_REASONS:
+        return waiting
+    return None
+
+
+def pod_pending(pod: Mapping[str, Any]) -> bool:
+    """Not yet running (phase Pending, or no phase reported yet)."""
+    return (pod.get("status") or {}).get("phase") in (None, "Pending")
+
+
+def unschedulable(pod: Mapping[str, Any]) -> tuple[datetime | None, str] | None:
+    """(since when, the scheduler's message) while the pod cannot be scheduled, else None."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            since = parse_time(cond.get("lastTransitionTime")) or parse_time(
+                (pod.get("metadata") or {}).get("creationTimestamp")
+            )
+            return since, str(cond.get("message", ""))
+    return None
+
+
+def pod_running(pods: Sequence[Mapping[str, Any]]) -> bool:
+    return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
