@@ -136,8 +136,7 @@ def run_candidate(ctx: SearchContext, cand: Candidate, *, raise_errors: bool) ->
             ),
         )
         info = method.quantize(request)
-        info.write(out_dir)
-        modeling.copy_tokenizer(ctx.source_dir, out_dir)
+        info.write(out_dir)  # the method's finish_artifact() already copied the tokenizer
     except StaleRunError:
         raise
     except Exception as exc:
