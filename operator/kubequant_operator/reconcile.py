@@ -56,7 +56,7 @@ class _KeyState:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ReconcileOutcome:
     """What one reconcile did (for tests and logs)."""
 
     phase: str | None
@@ -75,7 +75,7 @@ class Reconciler:
 
     # ------------------------------------------------------------------ serialization
 
-    async def reconcile(self, namespace: str, name: str) -> Outcome | None:
+    async def reconcile(self, namespace: str, name: str) -> ReconcileOutcome | None:
         """Reconcile one object; None when a concurrent run already covered this trigger."""
         key = (namespace, name)
         state = self._keys.setdefault(key, _KeyState())
@@ -104,7 +104,7 @@ class Reconciler:
 
     # ------------------------------------------------------------------ the work
 
-    async def _reconcile(self, namespace: str, name: str) -> Outcome | None:
+    async def _reconcile(self, namespace: str, name: str) -> ReconcileOutcome | None:
         for _ in range(STATUS_CONFLICT_RETRIES):
             try:
                 return await self._reconcile_once(namespace, name)
@@ -114,7 +114,7 @@ class Reconciler:
                 raise ReconcileError(f"{namespace}/{name}: {exc}") from exc
         raise ReconcileError(f"{namespace}/{name}: status kept conflicting; retrying later")
 
-    async def _reconcile_once(self, namespace: str, name: str) -> Outcome | None:
+    async def _reconcile_once(self, namespace: str, name: str) -> ReconcileOutcome | None:
         obj = await self.kube.get_object(namespace, name)
         if obj is None:
             self.metrics.index.forget(namespace, name)
@@ -140,6 +140,43 @@ class Reconciler:
             extra["method"] = str(spec.method)
 
         current_name = builders.job_name(namespace, name, uid, generation)
+        job, deleted = await self._stop_stale_jobs(namespace, uid, generation, current_name, extra)
+        created = False
+        if spec is not None and spec.suspend:
+            if job is not None and job_finished(job) is None:
+                await self.kube.delete("batch/v1", "Job", namespace, current_name)
+                deleted.append(current_name)
+                log.info("suspended: stopped the Job", extra={**extra, "job": current_name})
+            job = None
+        elif spec is not None and job is None:
+            if is_terminal_for_generation(obj):
+                # This generation already ended; its Job may be gone (TTL). Never rerun it.
+                self.metrics.index.update(obj)
+                return ReconcileOutcome(phase=(obj.get("status") or {}).get("phase"), job_name=None)
+            blocker = await self._missing_references(namespace, spec)
+            if blocker is None:
+                job = await self._create_children(obj, spec)
+                created = True
+                log.info("created the engine's Job", extra={**extra, "job": current_name})
+                # told at once: a later failure of this reconcile must not lose the event
+                await self._event(obj, "Normal", Reason.JOB_CREATED, f"created Job {current_name}")
+
+        observation = await self._observe(namespace, obj, spec, job, blocker)
+        now = datetime.now(UTC)
+        update = compute_status(observation, self.settings, now)
+        patched = await self._write_status(namespace, name, obj, update, now=now, extra=extra)
+        return ReconcileOutcome(
+            phase=update.phase,
+            job_name=current_name if job is not None else None,
+            created=created,
+            patched=patched,
+            deleted_jobs=tuple(deleted),
+        )
+
+    async def _stop_stale_jobs(
+        self, namespace: str, uid: str, generation: int, current_name: str, extra: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, list[str]]:
+        """The current generation's Job (or None), after deleting the unfinished others."""
         if generation > 1:
             # Jobs of older generations may still run: find them all by the owner's uid.
             jobs = await self.kube.list("batch/v1", "Job", namespace, {OWNER_UID_LABEL: uid})
@@ -159,26 +196,20 @@ class Reconciler:
                 log.info(
                     "stopped the Job of an older generation", extra={**extra, "job": other_name}
                 )
-        created = False
-        if spec is not None and spec.suspend:
-            if job is not None and job_finished(job) is None:
-                await self.kube.delete("batch/v1", "Job", namespace, current_name)
-                deleted.append(current_name)
-                log.info("suspended: stopped the Job", extra={**extra, "job": current_name})
-            job = None
-        elif spec is not None and job is None:
-            if is_terminal_for_generation(obj):
-                # This generation already ended; its Job may be gone (TTL). Never rerun it.
-                self.metrics.index.update(obj)
-                return Outcome(phase=(obj.get("status") or {}).get("phase"), job_name=None)
-            blocker = await self._missing_references(namespace, spec)
-            if blocker is None:
-                job = await self._create_children(obj, spec)
-                created = True
-                log.info("created the engine's Job", extra={**extra, "job": current_name})
-                # told at once: a later failure of this reconcile must not lose the event
-                await self._event(obj, "Normal", Reason.JOB_CREATED, f"created Job {current_name}")
+        return job, deleted
 
+    async def _observe(
+        self,
+        namespace: str,
+        obj: Mapping[str, Any],
+        spec: ModelOptimizationSpec | None,
+        job: Mapping[str, Any] | None,
+        blocker: Blocker | None,
+    ) -> Observation:
+        """The Job's pods and, once it finished without status.result, the harvested result."""
+        meta = obj.get("metadata") or {}
+        generation = int(meta.get("generation") or 1)
+        uid = str(meta.get("uid"))
         pods: list[dict[str, Any]] = []
         harvested: Result | None = None
         note = ""
@@ -195,20 +226,28 @@ class Reconciler:
                     harvested, note = await asyncio.to_thread(
                         read_results_file, spec.output.uri, generation
                     )
-        now = datetime.now(UTC)
-        update = compute_status(
-            Observation(
-                obj=obj,
-                spec=spec,
-                job=job,
-                pods=pods,
-                blocker=blocker,
-                harvested=harvested,
-                harvest_note=note,
-            ),
-            self.settings,
-            now,
+        return Observation(
+            obj=obj,
+            spec=spec,
+            job=job,
+            pods=pods,
+            blocker=blocker,
+            harvested=harvested,
+            harvest_note=note,
         )
+
+    async def _write_status(
+        self,
+        namespace: str,
+        name: str,
+        obj: Mapping[str, Any],
+        update: StatusUpdate,
+        *,
+        now: datetime,
+        extra: dict[str, Any],
+    ) -> bool:
+        """Merge-patch the status when it changed, then post the transitions' events."""
+        meta = obj.get("metadata") or {}
         patched = False
         if update.patch is not None:
             new_obj = await self.kube.patch_status(
@@ -228,13 +267,7 @@ class Reconciler:
             if ev.reason == Reason.JOB_CREATED:
                 continue  # told by whoever created the Job, once per Job
             await self._event(obj, ev.type, ev.reason, ev.message)
-        return Outcome(
-            phase=update.phase,
-            job_name=current_name if job is not None else None,
-            created=created,
-            patched=patched,
-            deleted_jobs=tuple(deleted),
-        )
+        return patched
 
     async def _missing_references(
         self, namespace: str, spec: ModelOptimizationSpec
