@@ -138,8 +138,11 @@ class State:
         return self.failure is not None
 
 
-def _stalled(phase: Phase, failure: FailureInfo, message: str, **run: Any) -> State:
-    return State(phase, failure.reason, message, failure=failure, **run)
+def _stalled(
+    phase: Phase, failure: FailureInfo, message: str, completion_time: str | None = None
+) -> State:
+    """A state only a change can end: Stalled with the failure's reason."""
+    return State(phase, failure.reason, message, failure=failure, completion_time=completion_time)
 
 
 # --------------------------------------------------------------------------- failures
@@ -239,15 +242,17 @@ def classify(obs: Observation, s: Settings, now: datetime) -> State:
     job = obs.job
     generation = generation_of(obs.obj)
     pods = [p for p in obs.pods if generation_of_child(p) in (None, generation)]
-    run: dict[str, Any] = {
-        "job_name": job_name(job),
-        "attempts": attempts(job, pods),
-        "start_time": (job.get("status") or {}).get("startTime"),
-    }
     existing = result_for_generation(obs.obj, generation)
+    harvested: dict[str, Any] | None = None
     if existing is None and obs.harvested is not None and job_finished(job) is not None:
-        run["result"] = existing = obs.harvested.to_api()
-    return replace(_job_state(obs, job, pods, existing, s=s, now=now), **run)
+        harvested = existing = obs.harvested.to_api()
+    return replace(
+        _job_state(obs, job, pods, existing, s=s, now=now),
+        job_name=job_name(job),
+        attempts=attempts(job, pods),
+        start_time=(job.get("status") or {}).get("startTime"),
+        result=harvested,
+    )
 
 
 def _job_state(
