@@ -13,12 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
-from kubequant_api.constants import (
-    API_VERSION,
-    COMPLETE_MARKER,
-    MODEL_CARD_FILE,
-    RESULTS_FILE,
-)
+from kubequant_api.constants import COMPLETE_MARKER, MODEL_CARD_FILE, RESULTS_FILE
 from kubequant_api.models import Result
 
 DIGEST_EXCLUDED: Final = frozenset({RESULTS_FILE, MODEL_CARD_FILE, COMPLETE_MARKER})
@@ -51,19 +46,8 @@ def digest(root: Path) -> str:
     return "sha256:" + hashlib.sha256(manifest_text(manifest(root)).encode()).hexdigest()
 
 
-def results_document(result: Result, exit_code: int, reason: str, message: str) -> dict[str, Any]:
-    """The content of results.json (also what the operator harvests)."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "ModelOptimizationResult",
-        "exitCode": exit_code,
-        "reason": reason,
-        "message": message,
-        "result": result.to_api(),
-    }
-
-
 def write_results(root: Path, document: dict[str, Any]) -> None:
+    """results.json into the artifact (the document is built by optimizer_job.results)."""
     write_results_file(root / RESULTS_FILE, document)
 
 

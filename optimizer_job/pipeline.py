@@ -1,15 +1,21 @@
 """The engine's one code path: spec in, measured artifact (or plan) out, exit code back.
 
+A run is four steps: prepare (the candidates, the device and the output; then the output
+checked, the source fetched, the task resolved and the evaluation inputs encoded), baseline
+(the original model loaded and measured), search (every candidate quantized, reloaded,
+measured and gated) and publish (results, card and artifact written to the output). A dry
+run stops after the first part of prepare with a preflight plan.
+
 Stages (reported through a Reporter): Loading, Calibrating, Quantizing, Evaluating, Saving,
 Done. Exit codes: 0 success, 2 invalid spec (InvalidSpecError, IncompatibleError: the
-message names the field or file), 3 quality gate failed, 1 anything else (retryable).
+message names the field or file), 3 quality gate failed, 1 anything else (retryable). How a
+run ended, and the results document, are :mod:`optimizer_job.results`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import shutil
 import uuid
@@ -18,18 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubequant_api.constants import ExitCode, GateVerdict, Reason, Stage, Task
+from kubequant_api.constants import MODEL_CARD_FILE, ExitCode, GateVerdict, Reason, Stage, Task
 from kubequant_api.errors import InvalidSpecError, KubequantError
-from kubequant_api.models import ModelOptimizationSpec, Result
+from kubequant_api.models import ModelOptimizationSpec, QualityGate, Result
 from optimizer_job import artifact, modeling, preflight
 from optimizer_job.calibration import select_texts
-from optimizer_job.evaluation import check_gate_fits_task, encode, run_model
-from optimizer_job.methods.base import IncompatibleError, get_method
+from optimizer_job.evaluation import Inputs, ModelRun, check_gate_fits_task, encode, run_model
+from optimizer_job.methods.base import get_method
 from optimizer_job.report.base import Reporter, RunContext, StaleRunError
-from optimizer_job.report.termination import compact_summary
+from optimizer_job.results import RunOutcome, exit_code_for
 from optimizer_job.search import (
-    Candidate,
-    Outcome,
+    PlannedRun,
+    CandidateOutcome,
     SearchContext,
     best_failing,
     check_compatible,
@@ -47,46 +53,42 @@ log = logging.getLogger(__name__)
 _CANDIDATES_START, _CANDIDATES_END = 15, 90
 
 
-@dataclass
-class RunOutcome:
-    exit_code: ExitCode
-    reason: str
-    message: str
-    result: Result
-    results_document: dict[str, Any]
+@dataclass(frozen=True)
+class Setup:
+    """What a run (or a dry run) settles before anything is fetched."""
 
-    def summary(self) -> dict[str, Any]:
-        """The compact summary (< 4 KiB of JSON) for the termination message."""
-        full = {
-            "exitCode": int(self.exit_code),
-            "reason": self.reason,
-            "message": self.message,
-            "generation": self.result.generation,
-            "result": self.result.to_api(),
-        }
-        compacted: dict[str, Any] = json.loads(compact_summary(full))
-        return compacted
+    device: str
+    candidates: list[PlannedRun]
+    sink: OutputSink
 
 
-def exit_code_for(exc: BaseException) -> tuple[ExitCode, str]:
-    if isinstance(exc, InvalidSpecError | IncompatibleError):
-        return ExitCode.INVALID_SPEC, Reason.INVALID_SPEC.value
-    if isinstance(exc, StaleRunError):
-        return ExitCode.INVALID_SPEC, "StaleRun"
-    return ExitCode.RETRYABLE, Reason.ENGINE_FAILED.value
+@dataclass(frozen=True)
+class Prepared:
+    """The setup plus what the prepare step fetched and decided, before any model is loaded."""
+
+    setup: Setup
+    source_dir: Path
+    task: Task
+    gate: QualityGate | None
+    calibration: list[str]
+    inputs: Inputs
 
 
-def build_candidates(spec: ModelOptimizationSpec) -> list[Candidate]:
-    auto = spec.method == "auto"
-    out = []
-    for i, (name, params) in enumerate(spec.plan_candidates()):
-        field = f"spec.candidates[{i}].method" if auto else "spec.method"
-        try:
-            method = get_method(name)
-        except IncompatibleError as exc:
-            raise IncompatibleError(field, exc.message) from exc
-        out.append(Candidate(index=i, name=name, params=params, field=field, method=method))
-    return out
+@dataclass(frozen=True)
+class Baseline:
+    """The original model measured on the inputs: what every candidate is compared with."""
+
+    reference: ModelRun
+    size_bytes: int
+
+
+def build_candidates(spec: ModelOptimizationSpec) -> list[PlannedRun]:
+    """The runs the parsed spec planned (params typed once, when it was parsed), each with
+    the engine's implementation of its method."""
+    return [
+        PlannedRun(p.index, p.name, p.params, p.field, method=get_method(p.name, p.field))
+        for p in spec.planned
+    ]
 
 
 def load_original(
@@ -161,164 +163,161 @@ class Pipeline:
         return outcome
 
     def _failed(self, exc: BaseException) -> RunOutcome:
-        code, reason = exit_code_for(exc)
-        message = str(exc) if isinstance(exc, KubequantError) else f"{type(exc).__name__}: {exc}"
-        log.error("run failed (%s): %s", reason, message, extra=self.ctx.log_extra())
-        doc = artifact.results_document(self.result, int(code), reason, message)
-        return RunOutcome(code, reason, message, self.result, doc)
+        outcome = RunOutcome.from_error(exc, self.result)
+        log.error(
+            "run failed (%s): %s", outcome.reason, outcome.message, extra=self.ctx.log_extra()
+        )
+        return outcome
 
-    # -- the happy path
+    @property
+    def auto(self) -> bool:
+        return self.spec.method == "auto"
+
+    # -- the happy path: the steps in order
 
     def _run(self) -> RunOutcome:
-        spec, settings = self.spec, self.settings
         self.reporter.stage(Stage.LOADING, 0)
+        setup = self._setup()
+        if self.spec.dry_run:
+            return self._dry_run(setup)
+        prepared = self._prepare(setup)
+        baseline = self._baseline(prepared)
+        outcomes = self._search(prepared, baseline)
+        winner = self._judge(outcomes, baseline)
+        if winner is None:
+            return self._no_winner(outcomes)
+        return self._publish(prepared, winner)
+
+    # -- prepare
+
+    def _setup(self) -> Setup:
+        spec, settings = self.spec, self.settings
         device = settings.resolved_device()
         candidates = build_candidates(spec)
         sink = OutputSink(spec.output.uri, settings, spec.output.overwrite)
-        if spec.dry_run:
-            return self._dry_run(candidates, sink, device)
-        sink.check()
+        return Setup(device, candidates, sink)
 
-        source_dir = fetch_model(spec.model.uri, settings)
+    def _prepare(self, setup: Setup) -> Prepared:
+        """Check the output, fetch the source, resolve the task, encode the evaluation inputs."""
+        spec = self.spec
+        candidates, device = setup.candidates, setup.device
+        setup.sink.check()
+
+        source_dir = fetch_model(spec.model.uri, self.settings)
         task = (
             modeling.detect_task(source_dir)
             if spec.model.task == Task.AUTO
             else Task(spec.model.task)
         )
-        auto = spec.method == "auto"
-        if not auto:
-            check_compatible(candidates[0], task, device)
+        # The one compatibility check, now that the task is known: a single method that cannot
+        # run is an invalid spec (exit 2); with auto it is reported, never tried.
+        check_compatible(candidates, task, device)
+        if not self.auto and candidates[0].incompatible is not None:
+            raise candidates[0].incompatible
         gate = spec.evaluation.quality_gate
         check_gate_fits_task(gate, task)
 
         self.reporter.stage(Stage.CALIBRATING, 5)
         needs_cal = any(c.method is not None and c.method.needs_calibration for c in candidates)
-        texts = select_texts(spec, settings, needs_calibration=needs_cal)
-        tokenizer = modeling.load_tokenizer(source_dir, spec.model.trust_remote_code)
+        texts = select_texts(spec, self.settings, needs_calibration=needs_cal)
+        inputs = self._encode(source_dir, texts.evaluation, task)
+        return Prepared(setup, source_dir, task, gate, texts.calibration, inputs)
+
+    def _encode(self, source_dir: Path, texts: list[str], task: Task) -> Inputs:
+        """The evaluation texts tokenized once (the tokenizer is dropped before any model)."""
+        tokenizer = modeling.load_tokenizer(source_dir, self.spec.model.trust_remote_code)
         config = modeling.read_config(source_dir)
         vocab = config.get("vocab_size")
-        inputs = encode(
+        return encode(
             tokenizer,
-            texts.evaluation,
-            spec.calibration.sequence_length,
+            texts,
+            self.spec.calibration.sequence_length,
             vocab if isinstance(vocab, int) else None,
             task,
         )
-        del tokenizer
 
+    # -- baseline
+
+    def _baseline(self, prepared: Prepared) -> Baseline:
+        """Load the original model and measure it on the inputs every candidate will see."""
+        source_dir, task, device = prepared.source_dir, prepared.task, prepared.setup.device
+        model = self.spec.model
         self.reporter.stage(Stage.LOADING, 10)
-        # Import every library the run will use first, so that the baseline's peak memory
-        # measures the model, not one-time library imports.
-        for name in dict.fromkeys(c.name for c in candidates):
-            try:
-                modeling.preload_runtime(name, source_dir, task)
-            except ImportError as exc:
-                log.warning("cannot preload the runtime of %s: %s", name, exc)
+        self._preload_runtimes(prepared)
         reference = run_model(
-            lambda: load_original(
-                source_dir, task, device, spec.model.trust_remote_code, spec.model.uri
-            ),
-            inputs,
+            lambda: load_original(source_dir, task, device, model.trust_remote_code, model.uri),
+            prepared.inputs,
             task,
             device,
-            settings.bench_repeats,
+            self.settings.bench_repeats,
         )
-        baseline = reference.measurements
-        original_size = modeling.weights_size(source_dir)
-        self.result.original_size_bytes = original_size
-        self.result.baseline = baseline
+        baseline = Baseline(reference, modeling.weights_size(source_dir))
+        self.result.original_size_bytes = baseline.size_bytes
+        self.result.baseline = reference.measurements
+        return baseline
 
-        # Candidates that cannot run here are reported as such (auto), never tried.
-        runnable: list[Candidate] = []
-        skipped: list[Outcome] = []
-        for cand in candidates:
+    def _preload_runtimes(self, prepared: Prepared) -> None:
+        # Import every library the run will use first, so that the baseline's peak memory
+        # measures the model, not one-time library imports.
+        for name in dict.fromkeys(c.name for c in prepared.setup.candidates):
             try:
-                check_compatible(cand, task, device)
-                runnable.append(cand)
-            except IncompatibleError as exc:
-                skipped.append(Outcome(cand, error=str(exc), incompatible=exc))
-        span = (_CANDIDATES_END - _CANDIDATES_START) / max(1, len(runnable))
-        order = {c.index: n for n, c in enumerate(runnable)}
+                modeling.preload_runtime(name, prepared.source_dir, prepared.task)
+            except ImportError as exc:
+                log.warning("cannot preload the runtime of %s: %s", name, exc)
 
-        def percent(index: int, fraction: float) -> int:
-            return int(_CANDIDATES_START + span * (order.get(index, 0) + fraction))
+    # -- search
 
+    def _search(self, prepared: Prepared, baseline: Baseline) -> list[CandidateOutcome]:
+        """Every candidate that can run here, in order; the ones that cannot are reported."""
+        runnable, skipped = self._runnable(prepared)
         sctx = SearchContext(
-            source_dir=source_dir,
-            task=task,
-            device=device,
-            trust_remote_code=spec.model.trust_remote_code,
-            calibration=texts.calibration,
-            sequence_length=spec.calibration.sequence_length,
-            inputs=inputs,
-            reference=reference,
-            gate=gate,
+            source_dir=prepared.source_dir,
+            task=prepared.task,
+            device=prepared.setup.device,
+            trust_remote_code=self.spec.model.trust_remote_code,
+            calibration=prepared.calibration,
+            sequence_length=self.spec.calibration.sequence_length,
+            inputs=prepared.inputs,
+            reference=baseline.reference,
+            gate=prepared.gate,
             staging_root=self.staging_root,
-            repeats=settings.bench_repeats,
+            repeats=self.settings.bench_repeats,
             reporter=self.reporter,
-            percent=percent,
+            percent=_progress(runnable),
         )
-        outcomes = search(sctx, runnable, auto=auto) + skipped
+        outcomes = search(sctx, runnable, auto=self.auto) + skipped
         outcomes.sort(key=lambda o: o.candidate.index)
-        if auto:
-            self.result.candidates = [o.to_result(original_size, baseline) for o in outcomes]
+        if self.auto:
+            self.result.candidates = [
+                o.to_result(baseline.size_bytes, baseline.reference.measurements) for o in outcomes
+            ]
+        return outcomes
+
+    def _runnable(self, prepared: Prepared) -> tuple[list[PlannedRun], list[CandidateOutcome]]:
+        # Candidates that cannot run here are reported as such (auto), never tried.
+        runnable: list[PlannedRun] = []
+        skipped: list[CandidateOutcome] = []
+        for cand in prepared.setup.candidates:
+            if cand.incompatible is None:
+                runnable.append(cand)
+            else:
+                error = str(cand.incompatible)
+                skipped.append(CandidateOutcome(cand, error=error, incompatible=cand.incompatible))
+        return runnable, skipped
+
+    def _judge(
+        self, outcomes: list[CandidateOutcome], baseline: Baseline
+    ) -> CandidateOutcome | None:
+        """The winner, if any; the result shows it, or else the candidate closest to passing."""
         winner = pick_winner(outcomes)
         shown = winner or best_failing(outcomes)
         if shown is not None:
-            self._fill(shown, original_size)
+            self._fill(shown, baseline.size_bytes)
         else:
             self.result.quality_gate = GateVerdict.FAILED
+        return winner
 
-        if winner is None:
-            if all(o.incompatible is not None for o in outcomes):
-                first = outcomes[0].incompatible
-                assert first is not None
-                raise first
-            if all(o.artifact_dir is None for o in outcomes):
-                # Nothing was produced to judge: a crash, which a retry may fix (exit 1).
-                crashed = "; ".join(f"{o.candidate.name}: {o.error}" for o in outcomes)
-                raise KubequantError(f"no candidate produced an artifact ({crashed})")
-            failures = shown.gate_failures if shown else []
-            errors = [o.error for o in outcomes if o.error]
-            message = "quality gate failed: " + "; ".join(failures or errors or ["no artifact"])
-            if auto:
-                message = f"no candidate passed the quality gate; best: {message}"
-            log.warning(message, extra=self.ctx.log_extra())
-            doc = artifact.results_document(
-                self.result, int(ExitCode.QUALITY_GATE_FAILED), Reason.QUALITY_GATE_FAILED, message
-            )
-            return RunOutcome(
-                ExitCode.QUALITY_GATE_FAILED,
-                Reason.QUALITY_GATE_FAILED.value,
-                message,
-                self.result,
-                doc,
-            )
-
-        self.reporter.stage(Stage.SAVING, _CANDIDATES_END)
-        assert winner.artifact_dir is not None
-        digest = artifact.digest(winner.artifact_dir)
-        self.result.output_uri = redact(spec.output.uri)
-        self.result.output_digest = digest
-        message = (
-            f"{winner.candidate.name}: compression ratio {self.result.compression_ratio}, "
-            f"quality gate {self.result.quality_gate}"
-        )
-        doc = artifact.results_document(self.result, 0, Reason.SUCCEEDED, message)
-        artifact.write_results(winner.artifact_dir, doc)
-        card = artifact.model_card(
-            self.result,
-            source_uri=redact(spec.model.uri),
-            task=str(task),
-            gate=gate.to_api() if gate else None,
-            digest_value=digest,
-        )
-        (winner.artifact_dir / "README.md").write_text(card)
-        sink.publish(winner.artifact_dir, digest)
-        self.reporter.stage(Stage.DONE, 100)
-        return RunOutcome(ExitCode.SUCCESS, Reason.SUCCEEDED.value, message, self.result, doc)
-
-    def _fill(self, outcome: Outcome, original_size: int) -> None:
+    def _fill(self, outcome: CandidateOutcome, original_size: int) -> None:
         r = self.result
         c = outcome.comparison
         r.method = outcome.candidate.name
@@ -333,25 +332,85 @@ class Pipeline:
             r.perplexity_increase_percent = c.perplexity_increase_percent
         r.quality_gate = outcome.verdict
 
-    def _dry_run(self, candidates: list[Candidate], sink: OutputSink, device: str) -> RunOutcome:
-        plan = preflight.build_plan(self.spec, self.settings, candidates, sink, device)
+    def _no_winner(self, outcomes: list[CandidateOutcome]) -> RunOutcome:
+        """Every candidate incompatible (exit 2) or crashed (exit 1) raises; else the gate
+        failed (exit 3)."""
+        if all(o.incompatible is not None for o in outcomes):
+            first = outcomes[0].incompatible
+            assert first is not None
+            raise first
+        if all(o.artifact_dir is None for o in outcomes):
+            # Nothing was produced to judge: a crash, which a retry may fix (exit 1).
+            crashed = "; ".join(f"{o.candidate.name}: {o.error}" for o in outcomes)
+            raise KubequantError(f"no candidate produced an artifact ({crashed})")
+        shown = best_failing(outcomes)
+        failures = shown.gate_failures if shown else []
+        errors = [o.error for o in outcomes if o.error]
+        message = "quality gate failed: " + "; ".join(failures or errors or ["no artifact"])
+        if self.auto:
+            message = f"no candidate passed the quality gate; best: {message}"
+        log.warning(message, extra=self.ctx.log_extra())
+        return RunOutcome(
+            ExitCode.QUALITY_GATE_FAILED, Reason.QUALITY_GATE_FAILED, message, self.result
+        )
+
+    # -- publish
+
+    def _publish(self, prepared: Prepared, winner: CandidateOutcome) -> RunOutcome:
+        """Results and card into the winner's artifact, then the artifact to the output."""
+        spec = self.spec
+        self.reporter.stage(Stage.SAVING, _CANDIDATES_END)
+        assert winner.artifact_dir is not None
+        digest = artifact.digest(winner.artifact_dir)
+        self.result.output_uri = redact(spec.output.uri)
+        self.result.output_digest = digest
+        message = (
+            f"{winner.candidate.name}: compression ratio {self.result.compression_ratio}, "
+            f"quality gate {self.result.quality_gate}"
+        )
+        outcome = RunOutcome(ExitCode.SUCCESS, Reason.SUCCEEDED, message, self.result)
+        artifact.write_results(winner.artifact_dir, outcome.results_document)
+        card = artifact.model_card(
+            self.result,
+            source_uri=redact(spec.model.uri),
+            task=str(prepared.task),
+            gate=prepared.gate.to_api() if prepared.gate else None,
+            digest_value=digest,
+        )
+        (winner.artifact_dir / MODEL_CARD_FILE).write_text(card)
+        prepared.setup.sink.publish(winner.artifact_dir, digest)
+        self.reporter.stage(Stage.DONE, 100)
+        return outcome
+
+    # -- dry run
+
+    def _dry_run(self, setup: Setup) -> RunOutcome:
+        plan = preflight.build_plan(
+            self.spec, self.settings, setup.candidates, setup.sink, setup.device
+        )
         self.result.plan = plan
         errors = plan.get("errors") or []
         if errors:
             first = errors[0]
             message = f"preflight failed: {first['field']}: {first['message']}"
-            doc = artifact.results_document(self.result, 2, Reason.INVALID_SPEC, message)
-            return RunOutcome(
-                ExitCode.INVALID_SPEC, Reason.INVALID_SPEC.value, message, self.result, doc
-            )
+            return RunOutcome(ExitCode.INVALID_SPEC, Reason.INVALID_SPEC, message, self.result)
         self.reporter.stage(Stage.DONE, 100)
         message = "preflight passed: " + ", ".join(
             f"{c['method']} ok" for c in plan.get("candidates", [])
         )
-        doc = artifact.results_document(self.result, 0, Reason.DRY_RUN_SUCCEEDED, message)
-        return RunOutcome(
-            ExitCode.SUCCESS, Reason.DRY_RUN_SUCCEEDED.value, message, self.result, doc
-        )
+        return RunOutcome(ExitCode.SUCCESS, Reason.DRY_RUN_SUCCEEDED, message, self.result)
+
+
+def _progress(runnable: list[PlannedRun]) -> Callable[[int, float], int]:
+    """(candidate index, fraction within it) -> the run's percent; candidates share the span
+    between the baseline and saving in the order they run."""
+    span = (_CANDIDATES_END - _CANDIDATES_START) / max(1, len(runnable))
+    order = {c.index: n for n, c in enumerate(runnable)}
+
+    def percent(index: int, fraction: float) -> int:
+        return int(_CANDIDATES_START + span * (order.get(index, 0) + fraction))
+
+    return percent
 
 
 def run(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kubequant_api.constants import GateVerdict, Stage, Task
+from kubequant_api.methods import incompatibility
 from kubequant_api.models import ApiModel, CandidateResult, Measurements, QualityGate
 from optimizer_job import modeling
 from optimizer_job.evaluation import Comparison, Inputs, ModelRun, compare, gate_verdict, run_model
@@ -26,14 +27,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Candidate:
-    """One (method, params) to try, with the spec field that names it."""
+class PlannedRun:
+    """One (method, params) the engine will try, with the spec field that names it.
+
+    Built from the parsed spec's plan (``ModelOptimizationSpec.planned``); not to be confused
+    with ``kubequant_api.models.Candidate``, an entry of ``spec.candidates``.
+    """
 
     index: int
     name: str
     params: ApiModel
     field: str  # spec.method or spec.candidates[i].method
     method: QuantizationMethod | None = None
+    # Set by check_compatible once the task is known: why this run cannot happen here.
+    incompatible: IncompatibleError | None = None
 
     @property
     def params_dict(self) -> dict[str, Any]:
@@ -45,10 +52,10 @@ class Candidate:
 
 
 @dataclass
-class Outcome:
-    """What one candidate produced."""
+class CandidateOutcome:
+    """What one candidate produced (how the whole run ended is results.RunOutcome)."""
 
-    candidate: Candidate
+    candidate: PlannedRun
     artifact_dir: Path | None = None
     size_bytes: int | None = None
     measurements: Measurements | None = None
@@ -112,9 +119,9 @@ class SearchContext:
     percent: Callable[[int, float], int]  # (candidate index, fraction within it) -> 0..100
 
 
-def run_candidate(ctx: SearchContext, cand: Candidate, *, raise_errors: bool) -> Outcome:
+def run_candidate(ctx: SearchContext, cand: PlannedRun, *, raise_errors: bool) -> CandidateOutcome:
     """Quantize into a fresh staging dir, reload from disk, measure and gate."""
-    outcome = Outcome(cand)
+    outcome = CandidateOutcome(cand)
     out_dir = ctx.staging_root / f"candidate-{cand.index}-{cand.name}"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
@@ -180,7 +187,7 @@ def run_candidate(ctx: SearchContext, cand: Candidate, *, raise_errors: bool) ->
     return outcome
 
 
-def pick_winner(outcomes: list[Outcome]) -> Outcome | None:
+def pick_winner(outcomes: list[CandidateOutcome]) -> CandidateOutcome | None:
     """The smallest passing artifact; ties go to the lowest latency, then the earlier one."""
     passing = [o for o in outcomes if o.passed]
     if not passing:
@@ -195,7 +202,7 @@ def pick_winner(outcomes: list[Outcome]) -> Outcome | None:
     )
 
 
-def best_failing(outcomes: list[Outcome]) -> Outcome | None:
+def best_failing(outcomes: list[CandidateOutcome]) -> CandidateOutcome | None:
     """The failing candidate closest to passing (fewest failed bounds, then smallest)."""
     measured = [o for o in outcomes if o.comparison is not None]
     if not measured:
@@ -210,10 +217,12 @@ def best_failing(outcomes: list[Outcome]) -> Outcome | None:
     )
 
 
-def search(ctx: SearchContext, candidates: list[Candidate], *, auto: bool) -> list[Outcome]:
+def search(
+    ctx: SearchContext, candidates: list[PlannedRun], *, auto: bool
+) -> list[CandidateOutcome]:
     """Run every candidate (only the passing ones keep their staging dirs)."""
-    outcomes: list[Outcome] = []
-    best: Outcome | None = None
+    outcomes: list[CandidateOutcome] = []
+    best: CandidateOutcome | None = None
     for cand in candidates:
         outcome = run_candidate(ctx, cand, raise_errors=not auto)
         outcomes.append(outcome)
@@ -228,22 +237,14 @@ def search(ctx: SearchContext, candidates: list[Candidate], *, auto: bool) -> li
     return outcomes
 
 
-def check_compatible(cand: Candidate, task: Task, device: str) -> None:
-    """IncompatibleError naming the field when ``cand`` cannot run for ``task`` on ``device``."""
-    method = cand.method
-    assert method is not None
-    if task not in method.supported_tasks:
-        supported = ", ".join(sorted(str(t) for t in method.supported_tasks))
-        raise IncompatibleError(
-            cand.field,
-            f"method {cand.name} does not support task {task} (spec.model.task; supported: "
-            f"{supported})",
+def check_compatible(runs: list[PlannedRun], task: Task, device: str) -> None:
+    """The engine's one compatibility check, once the task is resolved.
+
+    Each run that cannot happen for ``task`` on ``device`` gets ``incompatible`` set: an
+    IncompatibleError naming its field, in the words of ``kubequant_api.methods``.
+    """
+    for run in runs:
+        problem = incompatibility(run.name, task, run.field, device)
+        run.incompatible = (
+            None if problem is None else IncompatibleError(problem.field, problem.message)
         )
-    if method.device_support == "cuda" and device != "cuda":
-        raise IncompatibleError(
-            cand.field,
-            f"method {cand.name} needs a CUDA GPU and this engine runs on {device} "
-            "(set spec.resources.gpu, or choose a CPU method)",
-        )
-    if method.device_support == "cpu" and device != "cpu":
-        log.info("method %s runs on CPU only; quantizing on CPU", cand.name)

@@ -9,12 +9,14 @@ import pytest
 
 from kubequant_api.constants import ARTIFACT_META_FILE, COMPLETE_MARKER, GateVerdict
 from kubequant_api.models import Measurements, NoParams, Result
-from optimizer_job.search import Candidate, Outcome, best_failing, pick_winner
+from optimizer_job.search import CandidateOutcome, PlannedRun, best_failing, pick_winner
 from tests.fixtures.storage import EngineEnv, run_engine, write_manifest
 
 
-def outcome(index: int, size: int, latency: float, verdict: GateVerdict) -> Outcome:
-    o = Outcome(Candidate(index, f"m{index}", NoParams(), f"spec.candidates[{index}].method"))
+def outcome(index: int, size: int, latency: float, verdict: GateVerdict) -> CandidateOutcome:
+    o = CandidateOutcome(
+        PlannedRun(index, f"m{index}", NoParams(), f"spec.candidates[{index}].method")
+    )
     o.artifact_dir = Path(f"/nonexistent/{index}")
     o.size_bytes = size
     o.measurements = Measurements(latency_ms=latency)
