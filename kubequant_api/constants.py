@@ -23,11 +23,12 @@ OWNER_UID_LABEL: Final = "kubequant.io/owner-uid"
 GENERATION_LABEL: Final = "kubequant.io/generation"
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
 
-# Environment the operator gives the engine's pod so that it can find its object.
-ENV_OBJECT_NAMESPACE: Final = "KUBEQUANT_OBJECT_NAMESPACE"
-ENV_OBJECT_NAME: Final = "KUBEQUANT_OBJECT_NAME"
-ENV_OBJECT_UID: Final = "KUBEQUANT_OBJECT_UID"
-ENV_OBJECT_GENERATION: Final = "KUBEQUANT_OBJECT_GENERATION"
+# The environment the operator gives the engine's pod is in kubequant_api.jobenv.
+
+# Spec field paths that error messages name (InvalidSpecError.field).
+MODEL_FIELD: Final = "spec.model.uri"
+TASK_FIELD: Final = "spec.model.task"
+OUTPUT_FIELD: Final = "spec.output.uri"
 
 # The termination message is capped by the kubelet at 4 KiB.
 TERMINATION_MESSAGE_MAX_BYTES: Final = 4096

@@ -23,15 +23,14 @@ from typing import Any, TextIO
 
 import yaml
 
-from kubequant_api.constants import (
+from kubequant_api.constants import KIND, ExitCode
+from kubequant_api.errors import InvalidSpecError, KubequantError
+from kubequant_api.jobenv import (
     ENV_OBJECT_GENERATION,
     ENV_OBJECT_NAME,
     ENV_OBJECT_NAMESPACE,
     ENV_OBJECT_UID,
-    KIND,
-    ExitCode,
 )
-from kubequant_api.errors import InvalidSpecError, KubequantError
 from kubequant_api.logs import setup_logging
 from kubequant_api.models import ModelOptimizationSpec, Result, parse_manifest
 from optimizer_job import artifact

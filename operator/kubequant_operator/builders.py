@@ -14,10 +14,6 @@ from typing import Any
 
 from kubequant_api.constants import (
     API_VERSION,
-    ENV_OBJECT_GENERATION,
-    ENV_OBJECT_NAME,
-    ENV_OBJECT_NAMESPACE,
-    ENV_OBJECT_UID,
     GENERATION_LABEL,
     GROUP,
     KIND,
@@ -28,6 +24,20 @@ from kubequant_api.constants import (
     OWNER_UID_LABEL,
     PLURAL,
     ExitCode,
+)
+from kubequant_api.jobenv import (
+    ENV_ENGINE_METRICS_PORT,
+    ENV_HF_HOME,
+    ENV_HOME,
+    ENV_OBJECT_GENERATION,
+    ENV_OBJECT_NAME,
+    ENV_OBJECT_NAMESPACE,
+    ENV_OBJECT_UID,
+    ENV_PUSHGATEWAY_URL,
+    ENV_PVC_MOUNT_ROOT,
+    ENV_TERMINATION_LOG,
+    ENV_TMPDIR,
+    ENV_WORK_DIR,
 )
 from kubequant_api.models import ModelOptimizationSpec
 from kubequant_operator.settings import Settings
@@ -250,16 +260,16 @@ def _env(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> li
         {"name": ENV_OBJECT_NAME, "value": name},
         {"name": ENV_OBJECT_UID, "value": uid},
         {"name": ENV_OBJECT_GENERATION, "value": str(generation)},
-        {"name": "KUBEQUANT_WORK_DIR", "value": WORK_DIR},
-        {"name": "TMPDIR", "value": TMP_DIR},
-        {"name": "HOME", "value": TMP_DIR},
-        {"name": "HF_HOME", "value": HF_HOME},
-        {"name": "KUBEQUANT_PVC_MOUNT_ROOT", "value": PVC_MOUNT_ROOT},
-        {"name": "KUBEQUANT_TERMINATION_LOG", "value": TERMINATION_LOG},
-        {"name": "KUBEQUANT_ENGINE_METRICS_PORT", "value": str(s.engine_metrics_port)},
+        {"name": ENV_WORK_DIR, "value": WORK_DIR},
+        {"name": ENV_TMPDIR, "value": TMP_DIR},
+        {"name": ENV_HOME, "value": TMP_DIR},
+        {"name": ENV_HF_HOME, "value": HF_HOME},
+        {"name": ENV_PVC_MOUNT_ROOT, "value": PVC_MOUNT_ROOT},
+        {"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG},
+        {"name": ENV_ENGINE_METRICS_PORT, "value": str(s.engine_metrics_port)},
     ]
     if s.engine_pushgateway_url:
-        env.append({"name": "KUBEQUANT_PUSHGATEWAY_URL", "value": s.engine_pushgateway_url})
+        env.append({"name": ENV_PUSHGATEWAY_URL, "value": s.engine_pushgateway_url})
     del spec
     return env
 
