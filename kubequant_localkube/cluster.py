@@ -182,23 +182,22 @@ class LocalCluster:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        async with self.emulator:
-            server = aiohttp.web.Server(self.emulator, handler_cancellation=True, access_log=None)
-            runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
-            await runner.setup()
-            site = aiohttp.web.TCPSite(runner, self.host, self.requested_port)
-            await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
-            self.port = int(sockets[0].getsockname()[1]) if sockets else self.requested_port
-            self.jobs.api_url = f"http://{self.host}:{self.port}"
+        server = aiohttp.web.Server(self.emulator, handler_cancellation=True, access_log=None)
+        runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
+        await runner.setup()
+        site = aiohttp.web.TCPSite(runner, self.host, self.requested_port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1]) if sockets else self.requested_port
+        self.jobs.api_url = f"http://{self.host}:{self.port}"
+        if self._job_controller:
+            await self.jobs.start()
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            self.store.cut_watches()
             if self._job_controller:
-                await self.jobs.start()
-            self._ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                self.store.cut_watches()
-                if self._job_controller:
-                    await self.jobs.stop()
-                await asyncio.sleep(0.05)
-                await runner.cleanup()
+                await self.jobs.stop()
+            await asyncio.sleep(0.05)
+            await runner.cleanup()
