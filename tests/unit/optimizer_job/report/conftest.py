@@ -1,19 +1,21 @@
-"""A Kubernetes API for the status-reporting tests: kmock's KubernetesEmulator over real HTTP.
+"""A Kubernetes API for the status-reporting tests: a minimal API server over real HTTP.
 
-kmock 0.8 assigns no resourceVersion and checks no preconditions, which is exactly what
-these tests are about, so ``PreconditionEmulator`` adds the two API-server behaviours the
-engine relies on: a write whose body carries ``metadata.uid`` or ``metadata.resourceVersion``
-different from the stored object's is refused with 409 Conflict, and every write bumps
-``metadata.resourceVersion``. It can also simulate a concurrent writer (the operator) that
-changes the object between the engine's GET and its PATCH.
+It serves GET and PATCH (a JSON merge patch, of the object or its status subresource) of
+ModelOptimizations, with the two API-server behaviours the engine relies on: a write whose
+body carries ``metadata.uid`` or ``metadata.resourceVersion`` different from the stored
+object's is refused with 409 Conflict, and every write bumps ``metadata.resourceVersion``.
+It can also simulate a concurrent writer (the operator) that changes the object between the
+engine's GET and its PATCH. Objects are put in place as the test wants them (any uid,
+generation or resourceVersion), which the full local control plane does not allow.
 
-The emulator runs in its own thread and event loop, since the kubernetes client is
+The server runs in its own thread and event loop, since the kubernetes client is
 synchronous; the engine finds it through a kubeconfig file in ``$KUBECONFIG``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import threading
 from collections.abc import Iterator
@@ -21,58 +23,86 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp.web
-import kmock
 import pytest
-from kmock._internal import enums, rendering
 
 from kubequant_api.constants import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
-RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
+OBJECT_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}"
 
 
-class PreconditionEmulator(kmock.KubernetesEmulator):
-    """KubernetesEmulator plus uid/resourceVersion preconditions on writes."""
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge recursively, ``None`` removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
+
+def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
+    body |= {"code": code, "reason": reason, "message": message}
+    return aiohttp.web.json_response(body, status=code)
+
+
+class PreconditionEmulator:
+    """ModelOptimizations by (namespace, name), with uid/resourceVersion preconditions."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.interfere: list[dict[str, Any]] = []  # merge patches applied before the next writes
         self.refused: list[dict[str, Any]] = []  # bodies refused with 409
         self.patches: list[dict[str, Any]] = []  # bodies accepted
 
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        if (
-            request.resource is not None
-            and request.action == enums.action.UPDATE
-            and request.name is not None
-        ):
-            key = (request.resource, request.namespace, request.name)
-            if key in self.objects and not self.objects[key].deleted:
-                obj = self.objects[key]
-                if self.interfere:  # a concurrent writer got there first
-                    obj.patch(self.interfere.pop(0))
-                    self._bump(obj)
-                stored = dict(obj.get("metadata", {}))
-                given = dict((request.data or {}).get("metadata") or {})
-                for field in ("uid", "resourceVersion"):
-                    if field in given and given[field] != stored.get(field):
-                        self.refused.append(request.data)
-                        raise kmock.KubernetesError(
-                            status=409,
-                            reason="Conflict",
-                            message=f"Precondition failed: {field} in precondition: "
-                            f"{given[field]}, {field} in object meta: {stored.get(field)}",
-                        )
-                self.patches.append(request.data)
-                response: aiohttp.web.StreamResponse = await super()._handle(request)
-                self._bump(obj)
-                return response
-        result: aiohttp.web.StreamResponse = await super()._handle(request)
-        return result
+    def app(self) -> aiohttp.web.Application:
+        app = aiohttp.web.Application()
+        app.router.add_get(OBJECT_PATH, self._get)
+        app.router.add_patch(OBJECT_PATH, self._patch)
+        app.router.add_patch(OBJECT_PATH + "/status", self._patch)
+        return app
 
-    @staticmethod
-    def _bump(obj: Any) -> None:
-        meta = obj.get("metadata", {})
-        obj.patch({"metadata": {"resourceVersion": str(int(meta.get("resourceVersion", 0)) + 1)}})
+    def change(self, key: tuple[str, str], change: dict[str, Any]) -> None:
+        """Merge ``change`` into the stored object and bump its resourceVersion."""
+        obj = merge_patch(self.objects[key], change)
+        meta = obj.setdefault("metadata", {})
+        meta["resourceVersion"] = str(int(meta.get("resourceVersion", 0)) + 1)
+        self.objects[key] = obj
+
+    async def _get(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        key = (request.match_info["namespace"], request.match_info["name"])
+        with self.lock:
+            obj = copy.deepcopy(self.objects.get(key))
+        if obj is None:
+            return _status(404, "NotFound", f"{PLURAL} {key[1]!r} not found")
+        return aiohttp.web.json_response(obj)
+
+    async def _patch(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        key = (request.match_info["namespace"], request.match_info["name"])
+        data: dict[str, Any] = json.loads(await request.read())
+        with self.lock:
+            if key not in self.objects:
+                return _status(404, "NotFound", f"{PLURAL} {key[1]!r} not found")
+            if self.interfere:  # a concurrent writer got there first
+                self.change(key, self.interfere.pop(0))
+            stored = self.objects[key].get("metadata", {})
+            given = data.get("metadata") or {}
+            for field in ("uid", "resourceVersion"):
+                if field in given and given[field] != stored.get(field):
+                    self.refused.append(data)
+                    return _status(
+                        409,
+                        "Conflict",
+                        f"Precondition failed: {field} in precondition: "
+                        f"{given[field]}, {field} in object meta: {stored.get(field)}",
+                    )
+            self.patches.append(data)
+            self.change(key, data)
+            return aiohttp.web.json_response(copy.deepcopy(self.objects[key]))
 
 
 class KubeApi:
@@ -84,7 +114,7 @@ class KubeApi:
         self.kubeconfig = kubeconfig
 
     def create(self, namespace: str, name: str, *, uid: str, generation: int) -> None:
-        self.emulator.objects[RESOURCE, namespace, name] = {
+        self.emulator.objects[namespace, name] = {
             "apiVersion": API_VERSION,
             "kind": KIND,
             "metadata": {
@@ -98,14 +128,13 @@ class KubeApi:
         }
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:
-        obj = self.emulator.objects[RESOURCE, namespace, name]
-        return json.loads(json.dumps(obj.raw))  # type: ignore[no-any-return]
+        with self.emulator.lock:
+            return copy.deepcopy(self.emulator.objects[namespace, name])
 
     def patch(self, namespace: str, name: str, change: dict[str, Any]) -> None:
         """Change the stored object as another writer would (bumps resourceVersion)."""
-        obj = self.emulator.objects[RESOURCE, namespace, name]
-        obj.patch(change)
-        PreconditionEmulator._bump(obj)
+        with self.emulator.lock:
+            self.emulator.change((namespace, name), change)
 
 
 def write_kubeconfig(path: Path, server: str) -> Path:
@@ -134,11 +163,19 @@ def kube_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeAp
         loop = asyncio.new_event_loop()
 
         async def main() -> None:
-            async with PreconditionEmulator() as emu, kmock.Server(emu) as server:
-                state.update(emu=emu, url=str(server.url).rstrip("/"), stop=asyncio.Event())
+            emu = PreconditionEmulator()
+            runner = aiohttp.web.AppRunner(emu.app(), access_log=None)
+            await runner.setup()
+            site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            try:
+                port = runner.addresses[0][1]
+                state.update(emu=emu, url=f"http://127.0.0.1:{port}", stop=asyncio.Event())
                 state["loop"] = loop
                 ready.set()
                 await state["stop"].wait()
+            finally:
+                await runner.cleanup()
 
         try:
             loop.run_until_complete(main())
