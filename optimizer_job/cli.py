@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +24,6 @@ import yaml
 
 from kubequant_api.constants import KIND, ExitCode
 from kubequant_api.errors import InvalidSpecError, KubequantError
-from kubequant_api.jobenv import (
-    ENV_OBJECT_GENERATION,
-    ENV_OBJECT_NAME,
-    ENV_OBJECT_NAMESPACE,
-    ENV_OBJECT_UID,
-)
 from kubequant_api.logs import setup_logging
 from kubequant_api.models import ModelOptimizationSpec, Result, parse_manifest
 from optimizer_job import artifact
@@ -137,6 +130,7 @@ def _reporter(ctx: Any, settings: EngineSettings, kube: bool) -> Any:
         pushgateway_url=settings.pushgateway_url,
         termination_log=settings.termination_log,
         kube=kube,
+        settings=settings,
     )
 
 
@@ -173,11 +167,27 @@ def cmd_run(args: argparse.Namespace, settings: EngineSettings) -> int:
     return int(outcome.exit_code)
 
 
-def _env(name: str) -> str:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise InvalidSpecError(name, "environment variable is not set (set by the operator)")
-    return value
+def _identity(settings: EngineSettings) -> tuple[str, str, str, int]:
+    """``(namespace, name, uid, generation)`` of the object the Job runs for."""
+    values = {
+        "object_namespace": settings.object_namespace,
+        "object_name": settings.object_name,
+        "object_uid": settings.object_uid,
+        "object_generation": settings.object_generation,
+    }
+    for field, value in values.items():
+        if not value:
+            raise InvalidSpecError(
+                settings.env_name(field), "environment variable is not set (set by the operator)"
+            )
+    try:
+        generation = int(settings.object_generation)
+    except ValueError as exc:
+        raise InvalidSpecError(
+            settings.env_name("object_generation"),
+            f"not an integer: {settings.object_generation!r}",
+        ) from exc
+    return settings.object_namespace, settings.object_name, settings.object_uid, generation
 
 
 def cmd_run_in_cluster(settings: EngineSettings) -> int:
@@ -185,14 +195,7 @@ def cmd_run_in_cluster(settings: EngineSettings) -> int:
     from optimizer_job.report import load_object
     from optimizer_job.report.base import RunContext, StaleRunError
 
-    namespace, name = _env(ENV_OBJECT_NAMESPACE), _env(ENV_OBJECT_NAME)
-    uid, raw_generation = _env(ENV_OBJECT_UID), _env(ENV_OBJECT_GENERATION)
-    try:
-        generation = int(raw_generation)
-    except ValueError as exc:
-        raise InvalidSpecError(
-            ENV_OBJECT_GENERATION, f"not an integer: {raw_generation!r}"
-        ) from exc
+    namespace, name, uid, generation = _identity(settings)
     try:
         obj = load_object(namespace, name, uid=uid, generation=generation)
     except StaleRunError as exc:

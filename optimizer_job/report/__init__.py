@@ -9,33 +9,16 @@ reporter has seen the event.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from optimizer_job.report.base import CompositeReporter, Reporter, RunContext, StaleRunError
-from optimizer_job.report.kube import (
-    DEFAULT_MIN_INTERVAL_S,
-    ENV_SERVICE_HOST,
-    KubeApiError,
-    KubeStatusReporter,
-    load_object,
-)
+from optimizer_job.report.kube import KubeApiError, KubeStatusReporter, in_cluster, load_object
 from optimizer_job.report.logs import LogReporter
-from optimizer_job.report.metrics import MetricsReporter, default_bind_address, push_timeout_seconds
+from optimizer_job.report.metrics import MetricsReporter, default_bind_address
 from optimizer_job.report.termination import TerminationMessageReporter, compact_summary
+from optimizer_job.settings import EngineSettings, load_settings
 
 log = logging.getLogger("optimizer_job.report")
-
-ENV_PROGRESS_INTERVAL = "KUBEQUANT_STATUS_PROGRESS_INTERVAL_SECONDS"
-
-
-def _progress_interval() -> float:
-    raw = os.environ.get(ENV_PROGRESS_INTERVAL, "").strip()
-    try:
-        return max(0.0, float(raw)) if raw else DEFAULT_MIN_INTERVAL_S
-    except ValueError:
-        log.warning("%s=%r is not a number; using %s", ENV_PROGRESS_INTERVAL, raw, 1.0)
-        return DEFAULT_MIN_INTERVAL_S
 
 
 def build_reporter(
@@ -46,31 +29,33 @@ def build_reporter(
     termination_log: Path | None,
     kube: bool,
     metrics_bind: str | None = None,
+    settings: EngineSettings | None = None,
 ) -> CompositeReporter:
     """The engine's reporter for one run.
 
-    ``metrics_port`` 0 serves no /metrics; ``metrics_bind`` defaults to
-    ``$KUBEQUANT_ENGINE_METRICS_BIND``, else 0.0.0.0 in a cluster and 127.0.0.1 locally.
+    ``metrics_port`` 0 serves no /metrics; ``metrics_bind`` defaults to the settings'
+    (``KUBEQUANT_ENGINE_METRICS_BIND``), else 0.0.0.0 in a cluster and 127.0.0.1 locally.
     ``pushgateway_url`` (may carry ``user:password@``) gets the final metrics at finish.
     ``termination_log`` gets the compact summary at finish. ``kube`` writes
     status.progress/status.result of the object ``ctx`` names (needs namespace and uid).
-    Call ``close()`` on the result when done (stops the metrics server).
+    ``settings`` (default: loaded from the environment) gives the push timeout and the
+    progress interval. Call ``close()`` on the result when done (stops the metrics server).
     """
-    in_cluster = kube or bool(os.environ.get(ENV_SERVICE_HOST))
+    s = load_settings() if settings is None else settings
     reporters: list[Reporter] = [
         LogReporter(ctx),
         MetricsReporter(
             ctx,
             port=metrics_port,
-            bind=metrics_bind or default_bind_address(in_cluster),
+            bind=metrics_bind or default_bind_address(kube or in_cluster(), s),
             pushgateway_url=pushgateway_url,
-            push_timeout=push_timeout_seconds(),
+            push_timeout=s.pushgateway_timeout_seconds,
         ),
     ]
     if termination_log is not None:
         reporters.append(TerminationMessageReporter(Path(termination_log), ctx))
     if kube:
-        reporters.append(KubeStatusReporter(ctx, min_interval=_progress_interval()))
+        reporters.append(KubeStatusReporter(ctx, min_interval=s.status_progress_interval_seconds))
     return CompositeReporter(reporters)
 
 

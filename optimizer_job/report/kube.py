@@ -32,12 +32,12 @@ from kubequant_api.constants import GROUP, PLURAL, VERSION, ExitCode, Stage
 from kubequant_api.errors import KubequantError
 from kubequant_api.models import Progress, Result
 from optimizer_job.report.base import RunContext, StaleRunError
+from optimizer_job.settings import DEFAULT_PROGRESS_INTERVAL_S
 
 log = logging.getLogger("optimizer_job.report.kube")
 
 ENV_SERVICE_HOST = "KUBERNETES_SERVICE_HOST"
 ENV_KUBECONFIG = "KUBECONFIG"
-DEFAULT_MIN_INTERVAL_S = 1.0
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 DEFAULT_CONFLICT_RETRIES = 5
 MERGE_PATCH = "application/merge-patch+json"
@@ -63,6 +63,15 @@ def _bearer_token_fix(configuration: Any) -> Any:
     return configuration
 
 
+def in_cluster() -> bool:
+    """Whether this process runs in a pod (the kubelet sets ``KUBERNETES_SERVICE_HOST``).
+
+    Discovery, not configuration: like ``KUBECONFIG`` below it is the Kubernetes client's
+    standard variable, read at call time, and not one of the engine's settings.
+    """
+    return bool(os.environ.get(ENV_SERVICE_HOST))
+
+
 def api_client() -> Any:
     """A kubernetes ApiClient: in-cluster config inside a pod, else ``$KUBECONFIG``.
 
@@ -73,7 +82,7 @@ def api_client() -> Any:
     from kubernetes.config.config_exception import ConfigException
 
     try:
-        if os.environ.get(ENV_SERVICE_HOST):
+        if in_cluster():
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
             return client.ApiClient(_bearer_token_fix(configuration))
@@ -83,7 +92,7 @@ def api_client() -> Any:
         _bearer_token_fix(api.configuration)
         return api
     except (ConfigException, OSError, ValueError, TypeError) as exc:
-        where = "in-cluster" if os.environ.get(ENV_SERVICE_HOST) else "KUBECONFIG"
+        where = "in-cluster" if in_cluster() else "KUBECONFIG"
         raise KubeApiError(
             f"cannot load the Kubernetes client configuration ({where}): {exc}"
         ) from exc
@@ -190,7 +199,7 @@ class KubeStatusReporter:
         ctx: RunContext,
         *,
         client: Any = None,
-        min_interval: float = DEFAULT_MIN_INTERVAL_S,
+        min_interval: float = DEFAULT_PROGRESS_INTERVAL_S,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
         conflict_retries: int = DEFAULT_CONFLICT_RETRIES,
         clock: Callable[[], float] = time.monotonic,

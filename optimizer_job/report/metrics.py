@@ -12,7 +12,6 @@ cardinality stays bounded and no label ever carries a URI, a path or a secret.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,40 +25,25 @@ from kubequant_api.constants import ExitCode, GateVerdict, Stage
 from kubequant_api.models import Result
 from optimizer_job.report.base import RunContext
 from optimizer_job.report.redact import redact_url, split_url_credentials
+from optimizer_job.settings import DEFAULT_PUSH_TIMEOUT_S, EngineSettings, load_settings
 
 log = logging.getLogger("optimizer_job.report.metrics")
 
 PREFIX = "kubequant_engine_"
 PUSH_JOB = "kubequant-engine"
 LABELS: tuple[str, ...] = ("namespace", "name", "method")
-ENV_METRICS_BIND = "KUBEQUANT_ENGINE_METRICS_BIND"
-ENV_PUSH_TIMEOUT = "KUBEQUANT_PUSHGATEWAY_TIMEOUT_SECONDS"
-DEFAULT_PUSH_TIMEOUT_S = 10.0
 
 Handler = Callable[[str, str, float | None, list[tuple[str, str]], bytes], Callable[[], None]]
 
 
-def default_bind_address(in_cluster: bool) -> str:
-    """``$KUBEQUANT_ENGINE_METRICS_BIND``; else all interfaces in a pod, loopback locally."""
-    configured = os.environ.get(ENV_METRICS_BIND, "").strip()
+def default_bind_address(in_cluster: bool, settings: EngineSettings | None = None) -> str:
+    """The configured address (``KUBEQUANT_ENGINE_METRICS_BIND``; ``settings`` default: loaded
+    from the environment); else all interfaces in a pod, loopback locally."""
+    configured = (load_settings() if settings is None else settings).metrics_bind
     if configured:
         return configured
     # In a pod Prometheus scrapes the pod IP; on a workstation nothing outside should.
     return "0.0.0.0" if in_cluster else "127.0.0.1"  # noqa: S104
-
-
-def push_timeout_seconds() -> float:
-    raw = os.environ.get(ENV_PUSH_TIMEOUT, "").strip()
-    if not raw:
-        return DEFAULT_PUSH_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        log.warning(
-            "%s=%r is not a number; using %s", ENV_PUSH_TIMEOUT, raw, DEFAULT_PUSH_TIMEOUT_S
-        )
-        return DEFAULT_PUSH_TIMEOUT_S
-    return value if value > 0 else DEFAULT_PUSH_TIMEOUT_S
 
 
 class MetricsReporter:
