@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from kubequant_api.errors import InvalidSpecError
 from kubequant_api.models import ModelOptimizationSpec
 from optimizer_job.corpus import builtin_corpus, split_corpus
+from optimizer_job.redact import redact
 from optimizer_job.settings import EngineSettings
-from optimizer_job.storage import read_bytes, redact
+from optimizer_job.storage import read_bytes
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from optimizer_job import artifact, modeling, preflight
 from optimizer_job.calibration import select_texts
 from optimizer_job.evaluation import Inputs, ModelRun, check_gate_fits_task, encode, run_model
 from optimizer_job.methods.base import get_method
+from optimizer_job.redact import redact
 from optimizer_job.report.base import Reporter, RunContext, StaleRunError
 from optimizer_job.results import RunOutcome, exit_code_for
 from optimizer_job.search import (
@@ -45,7 +46,7 @@ from optimizer_job.search import (
     speedup,
 )
 from optimizer_job.settings import EngineSettings
-from optimizer_job.storage import OutputSink, fetch_model, redact
+from optimizer_job.storage import OutputSink, fetch_model
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from kubequant_api.constants import Task
+from kubequant_api.constants import MODEL_FIELD, OUTPUT_FIELD, Task
 from kubequant_api.errors import InvalidSpecError, KubequantError
 from kubequant_api.models import ModelOptimizationSpec
 from optimizer_job.calibration import select_texts
 from optimizer_job.evaluation import check_gate_fits_task
+from optimizer_job.redact import redact
 from optimizer_job.methods.base import IncompatibleError
 from optimizer_job.search import Candidate, check_compatible
 from optimizer_job.settings import EngineSettings
-from optimizer_job.storage import MODEL_FIELD, OUTPUT_FIELD, OutputSink, probe_source, redact
+from optimizer_job.storage import OutputSink, probe_source
 
 _DTYPE_BYTES: Final = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,

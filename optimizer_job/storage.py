@@ -6,7 +6,7 @@ Schemes: ``file:///abs``, ``pvc://claim/path`` (mounted under ``KUBEQUANT_PVC_MO
 (huggingface_hub into the cache dir; with ``HF_HUB_OFFLINE`` only the local cache is used).
 
 Credentials come from the environment only and never appear in messages: URIs are redacted and
-exception texts are scrubbed of every secret-looking environment value.
+exception texts are scrubbed (both by :mod:`optimizer_job.redact`).
 
 Output is published atomically: the staged artifact is written to a temporary location beside
 the destination, then published (a rename on local filesystems, copy then marker on object
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -28,16 +27,12 @@ from typing import Any
 
 import fsspec
 
-from kubequant_api.constants import ARTIFACT_META_FILE, COMPLETE_MARKER
+from kubequant_api.constants import ARTIFACT_META_FILE, COMPLETE_MARKER, MODEL_FIELD, OUTPUT_FIELD
 from kubequant_api.errors import InvalidSpecError, KubequantError
+from optimizer_job.redact import redact, scrub, strip_userinfo
 from optimizer_job.settings import EngineSettings
 
 log = logging.getLogger(__name__)
-
-MODEL_FIELD = "spec.model.uri"
-OUTPUT_FIELD = "spec.output.uri"
-_SECRET_ENV_HINTS = ("SECRET", "TOKEN", "PASSWORD", "KEY", "CREDENTIAL")
-_USERINFO = re.compile(r"^([a-z0-9+.-]+://)[^/@\s]+@", re.I)
 
 
 class StorageUnavailableError(KubequantError):
@@ -47,21 +42,6 @@ class StorageUnavailableError(KubequantError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-def redact(uri: str) -> str:
-    """The URI without userinfo or query string (which may carry credentials)."""
-    if uri.startswith("hf://"):
-        return uri.split("?", 1)[0]
-    return _USERINFO.sub(r"\1***@", uri.split("?", 1)[0])
-
-
-def scrub(text: str) -> str:
-    """``text`` with the value of every secret-looking environment variable masked."""
-    for name, value in os.environ.items():
-        if len(value) >= 6 and any(h in name.upper() for h in _SECRET_ENV_HINTS):
-            text = text.replace(value, "***")
-    return text
 
 
 def _describe(exc: BaseException) -> str:
@@ -141,7 +121,7 @@ def locate(uri: str, settings: EngineSettings, field: str) -> Location:
             raise InvalidSpecError(field, f"{uri}: '..' is not allowed in pvc:// paths")
         return Location(uri, scheme, filesystem(scheme), str(path).rstrip("/"))
     if scheme in ("s3", "gs"):
-        rest = _USERINFO.sub("", f"x://{rest}")[4:]
+        rest = strip_userinfo(f"x://{rest}")[4:]
         if not rest.split("/", 1)[0]:
             raise InvalidSpecError(field, f"{redact(uri)}: missing bucket name")
         return Location(uri, scheme, filesystem(scheme), rest.rstrip("/"))

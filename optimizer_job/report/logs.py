@@ -8,8 +8,8 @@ from typing import Any
 
 from kubequant_api.constants import ExitCode, Stage
 from kubequant_api.models import Result
+from optimizer_job.redact import scrub, scrub_obj
 from optimizer_job.report.base import RunContext
-from optimizer_job.report.redact import scrub, scrub_obj
 
 LOGGER_NAME = "optimizer_job.report"
 

@@ -23,8 +23,8 @@ from prometheus_client.exposition import basic_auth_handler, default_handler, pu
 
 from kubequant_api.constants import ExitCode, GateVerdict, Stage
 from kubequant_api.models import Result
+from optimizer_job.redact import redact, scrub, split_url_credentials
 from optimizer_job.report.base import RunContext
-from optimizer_job.report.redact import redact_url, split_url_credentials
 from optimizer_job.settings import DEFAULT_PUSH_TIMEOUT_S, EngineSettings, load_settings
 
 log = logging.getLogger("optimizer_job.report.metrics")
@@ -206,7 +206,7 @@ class MetricsReporter:
         except ValueError as exc:  # e.g. a non-numeric port
             log.warning(
                 "pushgateway URL %s is invalid: %s",
-                redact_url(self.pushgateway_url),
+                redact(self.pushgateway_url),
                 exc,
                 extra=self.ctx.log_extra(),
             )
@@ -236,12 +236,10 @@ class MetricsReporter:
         except (OSError, ValueError) as exc:  # URLError/HTTPError are OSErrors
             log.warning(
                 "pushing metrics to %s failed: %s",
-                redact_url(self.pushgateway_url),
-                redact_url(str(exc)),
+                redact(self.pushgateway_url),
+                scrub(str(exc)),
                 extra=self.ctx.log_extra(),
             )
             return False
-        log.info(
-            "pushed metrics to %s", redact_url(self.pushgateway_url), extra=self.ctx.log_extra()
-        )
+        log.info("pushed metrics to %s", redact(self.pushgateway_url), extra=self.ctx.log_extra())
         return True

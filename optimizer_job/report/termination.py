@@ -18,8 +18,8 @@ from typing import Any
 
 from kubequant_api.constants import TERMINATION_MESSAGE_MAX_BYTES, ExitCode, Stage
 from kubequant_api.models import Result
+from optimizer_job.redact import scrub_obj
 from optimizer_job.report.base import RunContext
-from optimizer_job.report.redact import scrub_obj
 
 log = logging.getLogger("optimizer_job.report.termination")
 

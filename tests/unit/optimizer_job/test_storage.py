@@ -11,8 +11,9 @@ import pytest
 from kubequant_api.constants import ARTIFACT_META_FILE, COMPLETE_MARKER
 from kubequant_api.errors import InvalidSpecError
 from optimizer_job import storage
+from optimizer_job.redact import redact, scrub
 from optimizer_job.settings import EngineSettings, load_settings
-from optimizer_job.storage import OutputSink, StorageUnavailableError, fetch_model, redact
+from optimizer_job.storage import OutputSink, StorageUnavailableError, fetch_model
 from tests.fixtures.storage import S3_SECRET_KEY, S3Env, make_hf_cache
 
 
@@ -41,7 +42,7 @@ def test_redact_removes_userinfo_and_query() -> None:
 
 def test_scrub_masks_secret_environment_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_API_TOKEN", "tok-very-secret-1")
-    assert storage.scrub("boom tok-very-secret-1 boom") == "boom *** boom"
+    assert scrub("boom tok-very-secret-1 boom") == "boom *** boom"
 
 
 def test_pvc_uri_resolves_under_the_mount_root(settings: EngineSettings) -> None:
