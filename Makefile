@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 TORCH_VERSION ?= 2.13.0
-SRC := kubequant_api operator/kubequant_operator optimizer_job kubequant_localkube
+SRC := kubequant_api operator/kubequant_operator optimizer_job tools/localkube/kubequant_localkube hack/demo.py
 PYTEST_ARGS ?=
 
 .PHONY: install lint format test test-unit test-integration demo bench crd clean
@@ -18,9 +18,9 @@ STAMP := $(VENV)/.kubequant-installed
 
 # torch is installed first and pinned, so pip takes the CPU wheel instead of a CUDA build;
 # constraints.txt is the tested, resolved set (pip resolves it in seconds, no backtracking).
-$(STAMP): pyproject.toml constraints.txt | $(BIN)/activate
+$(STAMP): pyproject.toml tools/localkube/pyproject.toml constraints.txt | $(BIN)/activate
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) -c constraints.txt
-	$(BIN)/pip install -q -e ".[operator,engine,dev]" -c constraints.txt
+	$(BIN)/pip install -q -e ".[operator,engine,dev]" -e ./tools/localkube -c constraints.txt
 	$(BIN)/pip check
 	touch $(STAMP)
 
@@ -51,7 +51,7 @@ test-integration: $(STAMP)
 	$(BIN)/pytest -q -ra tests/integration $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m kubequant_localkube.demo
+	$(PY) hack/demo.py
 
 bench: $(STAMP)
 	$(PY) -m tests.performance.run_all
