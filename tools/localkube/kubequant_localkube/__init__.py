@@ -12,11 +12,22 @@ the ``kubernetes`` client and ``kubectl`` all work against this emulator instead
 
 Or from a shell: ``kubequant-localkube serve --run-pods`` (see ``--help``).
 
-- :mod:`.emulator` — the API server (kmock-based): discovery, CRDs, watches, patches,
-  status subresource, selectors, garbage collection, finalizers, Tables, OpenAPI, admission
-  (schema + CEL) for custom resources, fault injection and a request log.
-- :mod:`.jobs` — the Job controller and kubelet: scripted outcomes or local processes.
-- :mod:`.cluster` — :class:`LocalCluster`, both in a background thread.
+A development tool (``tools/localkube``, its own distribution, not in kubequant's wheel);
+it imports nothing of the operator or the engine. Its parts:
+
+- :mod:`.cluster` — :class:`LocalCluster`: the API server and the Job controller, served
+  over real HTTP from a background thread.
+- the API server: :mod:`.emulator` (routing and verbs, a plain aiohttp handler),
+  :mod:`.discovery` (discovery, OpenAPI), :mod:`.tables`, :mod:`.watchstream`,
+  :mod:`.httpio` (paths, bodies, selectors), :mod:`.calls` (request log, fault injection),
+  :mod:`.rbac` (pods' service accounts).
+- storage: :mod:`.store` (objects, reads and writes), :mod:`.watch` (history, watchers),
+  :mod:`.gc` (garbage collection), :mod:`.registry` and :mod:`.crds` (served resources),
+  :mod:`.objects` (what a write does to an object), :mod:`.ssa` (server-side apply),
+  :mod:`.patching`, :mod:`.defaults`.
+- admission: :mod:`.admission` (schema and CEL for custom resources).
+- workloads: :mod:`.jobs` (the Job controller), :mod:`.kubelet` (pods; scripted
+  :mod:`.outcomes`), :mod:`.processes` and :mod:`.podenv` (pods as local processes).
 """
 
 from kubequant_localkube.cluster import LocalCluster
