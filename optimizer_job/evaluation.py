@@ -24,6 +24,7 @@ import numpy as np
 from kubequant_api.constants import GateVerdict, Task
 from kubequant_api.errors import InvalidSpecError
 from kubequant_api.models import Measurements, QualityGate
+from optimizer_job.heap import trim_heap
 from optimizer_job.methods.base import InferenceModel
 
 log = logging.getLogger(__name__)
@@ -104,16 +105,6 @@ def _status_kb(key: str) -> int | None:
     return int(m.group(1)) * 1024 if m else None
 
 
-def _trim_heap() -> None:
-    """Give freed heap memory back to the OS so the next peak is not hidden by reuse."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 class PeakMemory:
     """Peak memory added by a block: CUDA max allocated, else the RSS high-water mark.
 
@@ -132,7 +123,7 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         gc.collect()
-        _trim_heap()
+        trim_heap()
         if self.device == "cuda":
             import torch
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kubequant_api.constants import ARTIFACT_META_FILE, Task
+from kubequant_api.constants import ARTIFACT_META_FILE, MODEL_FIELD, TASK_FIELD, Task
 from kubequant_api.errors import InvalidSpecError
 from optimizer_job.methods.base import (
     ArtifactInfo,
@@ -26,8 +26,6 @@ from optimizer_job.methods.base import (
 
 log = logging.getLogger(__name__)
 
-MODEL_FIELD = "spec.model.uri"
-TASK_FIELD = "spec.model.task"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 WEIGHT_FILES_INDEXED = ("pytorch_model.bin.index.json",)
 # Files that make a model directory's tokenizer; methods copy these into every artifact.

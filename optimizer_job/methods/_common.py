@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kubequant_api.constants import Task
+from kubequant_api.constants import TASK_FIELD, Task
+from optimizer_job.heap import trim_heap
 from optimizer_job.methods.base import (
     ArtifactInfo,
     IncompatibleError,
@@ -20,7 +21,6 @@ from optimizer_job.methods.base import (
 
 log = logging.getLogger("optimizer_job.methods")
 
-TASK_FIELD = "spec.model.task"
 ALL_TASKS: frozenset[Task] = frozenset(
     {Task.CAUSAL_LM, Task.FEATURE_EXTRACTION, Task.SEQUENCE_CLASSIFICATION}
 )
@@ -111,21 +111,6 @@ def release(*objects: Any) -> None:
             torch.cuda.empty_cache()
     except ImportError:  # pragma: no cover
         pass
-
-
-def trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise), so the next stage's
-    peak memory does not stack on the previous one's high-water mark."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        return
 
 
 def artifact_files(out_dir: Path) -> list[str]:
