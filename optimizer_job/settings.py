@@ -183,7 +183,12 @@ class EngineSettings(KubequantSettings):
 
 # (environment variable, settings field, default shown in docs, meaning)
 ENV_VARS: Final[tuple[tuple[str, str, str, str], ...]] = (
-    (CONFIG_FILE_ENV, "", "unset", "YAML file with any of the settings below (keys: field names)"),
+    (
+        CONFIG_FILE_ENV,
+        "",
+        "unset",
+        "YAML file with any of the settings below (keys: field or variable names)",
+    ),
     *EngineSettings.documented(),
 )
 
