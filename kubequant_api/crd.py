@@ -2,7 +2,8 @@
 
 ``python -m kubequant_api.crd`` prints the CRD; ``--write`` updates ``crds/``. A unit test
 regenerates it and fails when the committed file differs, so the CRD and the models the
-operator and the engine use cannot drift.
+operator and the engine use cannot drift. The method enum and the per-method params rules
+come from the method table (:mod:`kubequant_api.methods`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,8 @@ from kubequant_api.constants import (
     SINGULAR,
     VERSION,
 )
-from kubequant_api.models import (
-    METHOD_PARAMS,
-    ModelOptimizationSpec,
-    ModelOptimizationStatus,
-    Params,
-)
+from kubequant_api.methods import method_names, method_spec
+from kubequant_api.models import ModelOptimizationSpec, ModelOptimizationStatus, Params
 
 CRD_PATH = Path(__file__).resolve().parent.parent / "crds" / "modeloptimization.yaml"
 
@@ -115,10 +112,11 @@ def _free_form(node: dict[str, Any]) -> None:
 
 
 def _params_rules(prefix: str) -> list[dict[str, str]]:
-    """CEL rules, one per method, that allow only that method's params and values."""
+    """CEL rules, one per method of the method table, allowing only its params and values."""
     rules: list[dict[str, str]] = []
     all_params = {f.alias or n for n, f in Params.model_fields.items()}
-    for method, model in METHOD_PARAMS.items():
+    for method in method_names():
+        model = method_spec(method).params
         accepted = {f.alias or n for n, f in model.model_fields.items()}
         forbidden = sorted(all_params - accepted)
         checks = [f"!has(self.params.{p})" for p in forbidden]

@@ -4,18 +4,21 @@ These models are the single source of the API: the CRD in ``crds/`` is generated
 (``python -m kubequant_api.crd``) and a test fails when the committed CRD drifts. The
 operator and the engine both parse specs and build statuses with them.
 
-Per-method ``params`` are validated twice with the same table (``METHOD_PARAMS``): by CEL
-rules in the CRD (generated from the table) and by :meth:`ModelOptimizationSpec.method_params`.
+Which methods exist and what each accepts comes from the method table
+(:mod:`kubequant_api.methods`): the CRD's enum and CEL rules are generated from it, and the
+spec's validator checks against it once, leaving the typed plan on the parsed spec
+(:attr:`ModelOptimizationSpec.planned`) for everything downstream.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubequant_api.base import ApiModel, field_path
 from kubequant_api.constants import (
     MAX_CANDIDATES,
     OUTPUT_URI_SCHEMES,
@@ -26,177 +29,31 @@ from kubequant_api.constants import (
     Task,
 )
 from kubequant_api.errors import InvalidSpecError
+from kubequant_api.methods import (
+    AUTO,
+    METHOD_PARAMS,
+    METHODS,
+    QUANTIZATION_METHODS,
+    AwqParams,
+    Bnb4BitParams,
+    BnbInt8Params,
+    CandidateMethodName,
+    GptqParams,
+    MethodName,
+    NoParams,
+    OnnxInt8Params,
+    Params,
+    PlannedMethod,
+    TorchaoInt4Params,
+    method_enum,
+    method_spec,
+    validate_method_params,
+)
 
 URI_PATTERN = r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?(@[^\s@]+)?|(s3|gs)://[a-z0-9][a-z0-9._-]{1,62}(/[^\s]*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^\s]*|file:///[^\s]*)$"
 OUTPUT_URI_PATTERN = r"^((s3|gs)://[a-z0-9][a-z0-9._-]{1,62}(/[^\s]*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^\s]*|file:///[^\s]*)$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
-
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are errors."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=False,
-        use_enum_values=True,
-    )
-
-    def to_api(self) -> dict[str, Any]:
-        """The object as the API serves it: camelCase keys, no unset optionals."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-# --------------------------------------------------------------------------- params
-
-
-class NoParams(ApiModel):
-    """This method takes no parameters."""
-
-
-class BnbInt8Params(ApiModel):
-    threshold: float = Field(
-        6.0,
-        ge=0.0,
-        le=100.0,
-        description="LLM.int8 outlier threshold: activations above it stay in 16-bit.",
-    )
-
-
-class Bnb4BitParams(ApiModel):
-    double_quant: bool = Field(
-        True,
-        description="Quantize the quantization constants too (saves ~0.4 bit/param). On by "
-        "default: it also avoids a bitsandbytes CPU bug that corrupts saved 4-bit checkpoints.",
-    )
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype of the matmuls run on the dequantized weights."
-    )
-
-
-class GptqParams(ApiModel):
-    bits: Literal[2, 3, 4, 8] = Field(4, description="Bits per weight.")
-    group_size: Literal[-1, 32, 64, 128, 256] = Field(
-        128, description="Weights sharing one scale; -1 means one group per output channel."
-    )
-    desc_act: bool = Field(False, description="Quantize columns in order of activation size.")
-    sym: bool = Field(True, description="Symmetric quantization (no zero point).")
-
-
-class AwqParams(ApiModel):
-    bits: Literal[4] = Field(4, description="Bits per weight (AWQ supports 4).")
-    group_size: Literal[32, 64, 128] = Field(128, description="Weights sharing one scale.")
-
-
-class TorchaoInt4Params(ApiModel):
-    group_size: Literal[32, 64, 128, 256] = Field(128, description="Weights sharing one scale.")
-
-
-class OnnxInt8Params(ApiModel):
-    per_channel: bool = Field(
-        True, description="One scale per output channel instead of one per tensor."
-    )
-
-
-METHOD_PARAMS: dict[str, type[ApiModel]] = {
-    "bnb-int8": BnbInt8Params,
-    "bnb-nf4": Bnb4BitParams,
-    "bnb-fp4": Bnb4BitParams,
-    "gptq": GptqParams,
-    "awq": AwqParams,
-    "torchao-int8-weight": NoParams,
-    "torchao-int8-dynamic": NoParams,
-    "torchao-int4-weight": TorchaoInt4Params,
-    "quanto-int8": NoParams,
-    "quanto-int4": NoParams,
-    "onnx-int8": OnnxInt8Params,
-}
-METHODS: tuple[str, ...] = (*METHOD_PARAMS, "auto")
-QUANTIZATION_METHODS: tuple[str, ...] = tuple(METHOD_PARAMS)
-# Methods that run best with a GPU: resources.gpu defaults to 1 for them, 0 for the others.
-GPU_PREFERRING_METHODS: frozenset[str] = frozenset(
-    {"bnb-int8", "bnb-nf4", "bnb-fp4", "gptq", "awq", "torchao-int4-weight"}
-)
-CALIBRATED_METHODS: frozenset[str] = frozenset({"gptq", "awq"})
-
-MethodName = Literal[
-    "bnb-int8",
-    "bnb-nf4",
-    "bnb-fp4",
-    "gptq",
-    "awq",
-    "torchao-int8-weight",
-    "torchao-int8-dynamic",
-    "torchao-int4-weight",
-    "quanto-int8",
-    "quanto-int4",
-    "onnx-int8",
-    "auto",
-]
-CandidateMethodName = Literal[
-    "bnb-int8",
-    "bnb-nf4",
-    "bnb-fp4",
-    "gptq",
-    "awq",
-    "torchao-int8-weight",
-    "torchao-int8-dynamic",
-    "torchao-int4-weight",
-    "quanto-int8",
-    "quanto-int4",
-    "onnx-int8",
-]
-
-
-class Params(ApiModel):
-    """Union of every method's parameters; which ones a method accepts is checked per method."""
-
-    threshold: float | None = Field(None, description="bnb-int8: outlier threshold (0-100).")
-    double_quant: bool | None = Field(None, description="bnb-nf4, bnb-fp4: double quantization.")
-    compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None, description="bnb-nf4, bnb-fp4: compute dtype."
-    )
-    bits: int | None = Field(None, description="gptq: 2, 3, 4 or 8; awq: 4.")
-    group_size: int | None = Field(
-        None,
-        description="gptq: -1, 32, 64, 128, 256; awq: 32, 64, 128; torchao-int4-weight: "
-        "32, 64, 128, 256.",
-    )
-    desc_act: bool | None = Field(None, description="gptq: activation-order quantization.")
-    sym: bool | None = Field(None, description="gptq: symmetric quantization.")
-    per_channel: bool | None = Field(None, description="onnx-int8: per-channel scales.")
-
-
-def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
-    return ".".join([prefix, *(to_camel(str(p)) for p in loc)]) if loc else prefix
-
-
-def validate_method_params(method: str, params: Params | None, field: str) -> ApiModel:
-    """Typed params for ``method``; raises InvalidSpecError naming the offending field."""
-    if method not in METHOD_PARAMS:
-        raise InvalidSpecError(
-            field.rsplit(".", 1)[0] + ".method",
-            f"unknown method {method!r}; choose one of {', '.join(METHODS)}",
-        )
-    model = METHOD_PARAMS[method]
-    given = params.to_api() if params is not None else {}
-    allowed = {f.alias or name for name, f in model.model_fields.items()}
-    for key in given:
-        if key not in allowed:
-            accepted = ", ".join(sorted(allowed)) or "none"
-            raise InvalidSpecError(
-                f"{field}.{key}",
-                f"{key!r} is not a parameter of method {method} (accepted: {accepted})",
-            )
-    try:
-        return model.model_validate(given)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InvalidSpecError(
-            _field_path(field, tuple(err["loc"])), f"{err['msg']} for method {method}"
-        ) from exc
 
 
 # --------------------------------------------------------------------------- spec
@@ -224,7 +81,9 @@ class ModelSource(ApiModel):
 
 
 class Candidate(ApiModel):
-    method: CandidateMethodName = Field(description="A quantization method (not auto).")
+    method: CandidateMethodName = Field(
+        description="A quantization method (not auto).", json_schema_extra=method_enum(False)
+    )
     params: Params | None = Field(None, description="Parameters of that method.")
 
 
@@ -331,10 +190,11 @@ class Cache(ApiModel):
 
 
 class ModelOptimizationSpec(ApiModel):
-    CEL_RULES: ClassVar[list[dict[str, str]]] = []  # filled in by kubequant_api.crd
-
     model: ModelSource = Field(description="The model to optimize.")
-    method: MethodName = Field(description="Quantization method, or auto with candidates.")
+    method: MethodName = Field(
+        description="Quantization method, or auto with candidates.",
+        json_schema_extra=method_enum(True),
+    )
     params: Params | None = Field(None, description="Method-specific parameters.")
     candidates: Annotated[list[Candidate], Field(max_length=MAX_CANDIDATES)] | None = Field(
         None, description="Only with method auto: tried in order, best passing wins."
@@ -368,45 +228,54 @@ class ModelOptimizationSpec(ApiModel):
         False, description="Preflight only: check access, estimate, report status.result.plan."
     )
 
+    # The typed plan, filled once by the validator below: (method, typed params, field).
+    _planned: tuple[PlannedMethod, ...] = PrivateAttr(default=())
+
     @model_validator(mode="after")
-    def _check_method_params(self) -> ModelOptimizationSpec:
+    def _plan(self) -> ModelOptimizationSpec:
         # Raised as ValueError inside pydantic; use ``parse_spec`` for InvalidSpecError.
-        if self.method == "auto":
+        if self.method == AUTO:
             if not self.candidates:
                 raise ValueError("spec.candidates: method auto needs at least one candidate")
             if self.params is not None and self.params.to_api():
                 raise ValueError(
                     "spec.params: method auto takes no params (set them per candidate)"
                 )
-            for i, cand in enumerate(self.candidates):
-                validate_method_params(cand.method, cand.params, f"spec.candidates[{i}].params")
+            wanted = [
+                (c.method, c.params, f"spec.candidates[{i}]") for i, c in enumerate(self.candidates)
+            ]
         else:
             if self.candidates is not None:
                 raise ValueError("spec.candidates: only allowed with method auto")
-            validate_method_params(self.method, self.params, "spec.params")
+            wanted = [(self.method, self.params, "spec")]
+        self._planned = tuple(
+            PlannedMethod(
+                index=i,
+                method=method_spec(name, f"{prefix}.method"),
+                params=validate_method_params(name, params, f"{prefix}.params"),
+                field=f"{prefix}.method",
+            )
+            for i, (name, params, prefix) in enumerate(wanted)
+        )
         return self
+
+    @property
+    def planned(self) -> tuple[PlannedMethod, ...]:
+        """The methods to run, in order, with typed params (validated once, when parsed)."""
+        return self._planned
 
     def method_params(self) -> ApiModel:
         """Typed parameters of ``method`` (not auto)."""
-        return validate_method_params(self.method, self.params, "spec.params")
+        return self._planned[0].params
 
     def plan_candidates(self) -> list[tuple[str, ApiModel]]:
         """The (method, typed params) pairs to run, in order."""
-        if self.method == "auto":
-            return [
-                (
-                    c.method,
-                    validate_method_params(c.method, c.params, f"spec.candidates[{i}].params"),
-                )
-                for i, c in enumerate(self.candidates or [])
-            ]
-        return [(self.method, self.method_params())]
+        return [(p.name, p.params) for p in self._planned]
 
     def gpu_count(self) -> int:
         if self.resources.gpu is not None:
             return self.resources.gpu
-        methods = {m for m, _ in self.plan_candidates()}
-        return 1 if methods & GPU_PREFERRING_METHODS else 0
+        return 1 if any(p.method.prefers_gpu for p in self._planned) else 0
 
 
 _VALUE_ERROR_FIELD = re.compile(r"^(?:Value error, )?(spec(?:\.[\w\[\]]+)+):\s*(.*)$", re.S)
@@ -428,7 +297,7 @@ def parse_spec(raw: dict[str, Any]) -> ModelOptimizationSpec:
         if m:
             raise InvalidSpecError(m.group(1), m.group(2)) from exc
         loc = tuple(err["loc"])
-        field = _field_path("spec", loc)
+        field = field_path("spec", loc)
         given = err.get("input")
         detail = msg if err["type"] == "missing" else f"{msg} (got {given!r})"
         raise InvalidSpecError(field, detail) from exc
@@ -603,31 +472,37 @@ class ModelOptimization(ApiModel):
 
 
 __all__ = [
-    "CALIBRATED_METHODS",
-    "GPU_PREFERRING_METHODS",
     "METHODS",
     "METHOD_PARAMS",
     "OUTPUT_URI_SCHEMES",
     "QUANTIZATION_METHODS",
     "URI_SCHEMES",
     "ApiModel",
+    "AwqParams",
+    "Bnb4BitParams",
+    "BnbInt8Params",
     "Calibration",
     "Candidate",
     "CandidateResult",
     "Condition",
     "Evaluation",
     "Failure",
+    "GptqParams",
     "Measurements",
     "ModelOptimization",
     "ModelOptimizationSpec",
     "ModelOptimizationStatus",
     "ModelSource",
+    "NoParams",
+    "OnnxInt8Params",
     "Output",
     "Params",
+    "PlannedMethod",
     "Progress",
     "QualityGate",
     "Resources",
     "Result",
+    "TorchaoInt4Params",
     "parse_manifest",
     "parse_spec",
     "validate_method_params",
