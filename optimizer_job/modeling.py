@@ -1,7 +1,9 @@
 """Loading models and artifacts for the engine: task detection, originals, tokenizers.
 
-Everything the pipeline and the methods share about torch models lives here, so that the
-pipeline never imports a quantization library and a method never re-implements loading.
+The pipeline never imports a quantization library and a method never re-implements
+loading. What the methods need themselves (the Auto class per task, the inference wrapper,
+tokenizers) lives one layer down in :mod:`optimizer_job.loading`, re-exported here; this
+module looks methods up only to load an artifact, so methods never import it.
 """
 
 from __future__ import annotations
@@ -14,36 +16,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kubequant_api.constants import ARTIFACT_META_FILE, MODEL_FIELD, TASK_FIELD, Task
+from kubequant_api.constants import ARTIFACT_META_FILE, MODEL_FIELD, Task
 from kubequant_api.errors import InvalidSpecError
-from optimizer_job.methods.base import (
-    ArtifactInfo,
-    IncompatibleError,
-    InferenceModel,
-    MethodError,
-    get_method,
+from kubequant_api.methods import method_spec
+from optimizer_job.loading import (
+    TOKENIZER_FILES,
+    TorchInferenceModel,
+    auto_class,
+    copy_tokenizer,
+    load_tokenizer,
+    output_tensor,
 )
+from optimizer_job.methods.base import ArtifactInfo, InferenceModel, MethodError, get_method
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 WEIGHT_FILES_INDEXED = ("pytorch_model.bin.index.json",)
-# Files that make a model directory's tokenizer; methods copy these into every artifact.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-)
 
 
 def read_config(source_dir: Path) -> dict[str, Any]:
@@ -88,75 +77,6 @@ def detect_task(source_dir: Path) -> Task:
     return Task.FEATURE_EXTRACTION
 
 
-def auto_class(task: Task | str) -> Any:
-    """The transformers Auto class that loads a model for ``task``."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    classes = {
-        Task.CAUSAL_LM: AutoModelForCausalLM,
-        Task.FEATURE_EXTRACTION: AutoModel,
-        Task.SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification,
-    }
-    try:
-        return classes[Task(task)]
-    except (KeyError, ValueError) as exc:
-        raise IncompatibleError(TASK_FIELD, f"unsupported task {task!r}") from exc
-
-
-def output_tensor(task: Task | str, outputs: Any) -> Any:
-    """The tensor evaluation compares, out of a transformers model's outputs."""
-    if Task(task) == Task.FEATURE_EXTRACTION:
-        return outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
-    return outputs.logits if hasattr(outputs, "logits") else outputs[0]
-
-
-def _grad_context(mode: str) -> Any:
-    import torch
-
-    return torch.no_grad() if mode == "no_grad" else torch.inference_mode()
-
-
-class TorchInferenceModel:
-    """An ``InferenceModel`` around a torch module (original or quantized).
-
-    ``grad_mode`` is ``"inference"`` (torch.inference_mode) or ``"no_grad"`` for libraries
-    whose kernels refuse inference tensors (optimum-quanto int4).
-    """
-
-    def __init__(
-        self, module: Any, task: Task | str, device: str = "cpu", grad_mode: str = "inference"
-    ) -> None:
-        self.module = module
-        self.task = Task(task)
-        self.device = device
-        self.grad_mode = grad_mode
-        module.eval()
-
-    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-        import numpy as np
-        import torch
-
-        ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64), device=self.device)
-        mask = torch.as_tensor(np.asarray(attention_mask, dtype=np.int64), device=self.device)
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-        if self.task == Task.CAUSAL_LM:
-            kwargs["use_cache"] = False
-        with _grad_context(self.grad_mode):
-            out = output_tensor(self.task, self.module(**kwargs))
-            return out.detach().to(device="cpu", dtype=torch.float32).numpy()
-
-    def close(self) -> None:
-        self.module = None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover - torch is always there in the engine
-            pass
-
-
 def load_original(
     source_dir: Path, task: Task | str, device: str = "cpu", trust_remote_code: bool = False
 ) -> InferenceModel:
@@ -175,34 +95,6 @@ def load_original(
     return TorchInferenceModel(module.to(device), task, device)
 
 
-def load_tokenizer(model_dir: Path, trust_remote_code: bool = False) -> Any:
-    """The tokenizer saved in ``model_dir`` (a pad token is set when the model lacks one)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(model_dir), trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise InvalidSpecError(MODEL_FIELD, f"cannot load the tokenizer: {exc}") from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return tokenizer
-
-
-def copy_tokenizer(source_dir: Path, out_dir: Path) -> list[str]:
-    """Copy the tokenizer (and generation config) files so an artifact is self-contained."""
-    import shutil
-
-    copied = []
-    for name in TOKENIZER_FILES:
-        src = source_dir / name
-        if src.is_file() and not (out_dir / name).exists():
-            shutil.copy2(src, out_dir / name)
-            copied.append(name)
-    return copied
-
-
 def load_artifact(artifact_dir: Path, device: str = "cpu") -> InferenceModel:
     """Load an artifact by the method named in its kubequant-artifact.json."""
     meta = artifact_dir / ARTIFACT_META_FILE
@@ -217,23 +109,15 @@ def load_artifact(artifact_dir: Path, device: str = "cpu") -> InferenceModel:
     return get_method(info.method).load(artifact_dir, info, device)
 
 
-# Modules each method imports lazily; importing them up front makes a later peak-memory
-# measurement of quantize() see the model's memory, not one-time library imports (~200-400 MB).
-_RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
-    "torchao": ("torchao.quantization", "torchao.prototype.quantization.int4"),
-    "bnb": ("bitsandbytes",),
-    "quanto": ("optimum.quanto",),
-    "onnx": ("onnx", "onnxruntime", "onnxruntime.quantization", "onnxscript", "torch.onnx"),
-    "gptq": ("llmcompressor", "llmcompressor.entrypoints.oneshot", "datasets"),
-    "awq": ("llmcompressor", "llmcompressor.entrypoints.oneshot", "datasets"),
-}
-
-
 def preload_runtime(
     method: str | None = None, source_dir: Path | None = None, task: Task | str | None = None
 ) -> None:
     """Import transformers' model machinery, the model's class (when ``source_dir`` and
-    ``task`` are given) and ``method``'s library ahead of time."""
+    ``task`` are given) and ``method``'s library ahead of time.
+
+    The method's libraries are its table entry's ``runtime_modules``: importing them up front
+    makes a later peak-memory measurement of quantize() see the model's memory, not one-time
+    library imports (~200-400 MB)."""
     import importlib
 
     import transformers
@@ -249,8 +133,7 @@ def preload_runtime(
             mapping[type(config)]  # indexing imports the model's module
     if method is None:
         return
-    family = method.split("-", 1)[0]
-    for module in _RUNTIME_MODULES.get(family, ()):
+    for module in method_spec(method).runtime_modules:
         importlib.import_module(module)
 
 
@@ -272,3 +155,22 @@ def freed() -> Iterator[None]:
         yield
     finally:
         gc.collect()
+
+
+__all__ = [
+    "MODEL_FIELD",
+    "TOKENIZER_FILES",
+    "TorchInferenceModel",
+    "auto_class",
+    "copy_tokenizer",
+    "detect_task",
+    "dir_size",
+    "freed",
+    "load_artifact",
+    "load_original",
+    "load_tokenizer",
+    "output_tensor",
+    "preload_runtime",
+    "read_config",
+    "weights_size",
+]

@@ -4,7 +4,8 @@ The plan (``status.result.plan``) holds the source and output checks, the model'
 parameter count, and per candidate: compatibility, expected artifact size, peak memory and
 time estimates. Every problem found is listed under ``errors`` with the field it concerns.
 Estimates are rough by design: parameters x bytes for memory, parameters x a per-method rate
-for time.
+for time; the per-method figures (size ratio, rate) are the method table's
+(:mod:`kubequant_api.methods`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Any, Final
 
 from kubequant_api.constants import MODEL_FIELD, OUTPUT_FIELD, Task
 from kubequant_api.errors import InvalidSpecError, KubequantError
+from kubequant_api.methods import method_spec
 from kubequant_api.models import ModelOptimizationSpec
 from optimizer_job.calibration import select_texts
 from optimizer_job.evaluation import check_gate_fits_task
 from optimizer_job.redact import redact
-from optimizer_job.methods.base import IncompatibleError
-from optimizer_job.search import Candidate, check_compatible
+from optimizer_job.search import PlannedRun, check_compatible
 from optimizer_job.settings import EngineSettings
 from optimizer_job.storage import OutputSink, probe_source
 
@@ -27,9 +28,6 @@ _DTYPE_BYTES: Final = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
 }  # fmt: skip
-# Seconds per million parameters to quantize (CPU; a GPU is taken as 10x faster).
-_QUANTIZE_S_PER_MPARAM: Final = {"gptq": 0.5, "awq": 0.5, "onnx-int8": 0.3}
-_DEFAULT_QUANTIZE_S_PER_MPARAM: Final = 0.05
 _FLOPS: Final = {"cpu": 2e10, "cuda": 1e13}
 _RUNTIME_OVERHEAD_BYTES: Final = 512 * 1024 * 1024
 _LOAD_BYTES_PER_S: Final = 200e6
@@ -74,7 +72,7 @@ def _error(field: str, exc: BaseException) -> dict[str, str]:
 def build_plan(
     spec: ModelOptimizationSpec,
     settings: EngineSettings,
-    candidates: list[Candidate],
+    candidates: list[PlannedRun],
     sink: OutputSink,
     device: str,
 ) -> dict[str, Any]:
@@ -107,7 +105,7 @@ def build_plan(
         plan["output"] = {"uri": redact(spec.output.uri), "reachable": False, "writable": False}
         errors.append(_error(OUTPUT_FIELD, exc))
 
-    needs_cal = any(c.method is not None and c.method.needs_calibration for c in candidates)
+    needs_cal = any(method_spec(c.name).needs_calibration for c in candidates)
     try:
         texts = select_texts(spec, settings, needs_calibration=needs_cal)
         plan["data"] = {
@@ -135,20 +133,17 @@ def build_plan(
     eval_seconds = 2 * (2 * params * eval_tokens) / _FLOPS.get(device, _FLOPS["cpu"])
     load_seconds = 2 * fp32_bytes / _LOAD_BYTES_PER_S
     rows = []
+    check_compatible(candidates, task, device)
     for cand in candidates:
-        method = cand.method
-        assert method is not None
+        method = method_spec(cand.name)
         row: dict[str, Any] = {"method": cand.name, "params": cand.params_dict}
-        try:
-            check_compatible(cand, task, device)
-            row["compatible"] = True
-        except IncompatibleError as exc:
-            row["compatible"] = False
-            row["reason"] = exc.message
+        row["compatible"] = cand.incompatible is None
+        if cand.incompatible is not None:
+            row["reason"] = cand.incompatible.message
             if spec.method != "auto" or len(candidates) == 1:
-                errors.append(_error(cand.field, exc))
+                errors.append(_error(cand.field, cand.incompatible))
         expected = int(fp32_bytes * method.expected_size_ratio)
-        rate = _QUANTIZE_S_PER_MPARAM.get(cand.name, _DEFAULT_QUANTIZE_S_PER_MPARAM)
+        rate = method.quantize_s_per_mparam
         if device == "cuda":
             rate /= 10
         seconds = load_seconds + rate * params / 1e6 + eval_seconds

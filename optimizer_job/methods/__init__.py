@@ -1,16 +1,11 @@
-"""Quantization methods; importing this package registers every one of them.
+"""Quantization methods: one module per method family, each class registered by name.
 
-Each module holds one method family and imports its quantization library lazily, inside
-``quantize``/``load``, so importing the package (and listing the registry) stays cheap.
+Which module implements a method is its entry in the method table
+(:mod:`kubequant_api.methods`); :func:`registry` and ``base.get_method`` import those
+modules on demand. Each module imports its quantization library lazily, inside
+``_quantize``/``load``, so importing a module (and listing the registry) stays cheap.
 """
 
-from optimizer_job.methods import (  # noqa: F401  (imported for @register)
-    bnb_methods,
-    llmcompressor_methods,
-    onnx_methods,
-    quanto_methods,
-    torchao_methods,
-)
 from optimizer_job.methods.base import registry
 
 __all__ = ["registry"]

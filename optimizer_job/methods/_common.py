@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kubequant_api.constants import TASK_FIELD, Task
+from kubequant_api.constants import Task
 from optimizer_job.heap import trim_heap
 from optimizer_job.methods.base import (
     ArtifactInfo,
@@ -21,9 +21,6 @@ from optimizer_job.methods.base import (
 
 log = logging.getLogger("optimizer_job.methods")
 
-ALL_TASKS: frozenset[Task] = frozenset(
-    {Task.CAUSAL_LM, Task.FEATURE_EXTRACTION, Task.SEQUENCE_CLASSIFICATION}
-)
 # Exceptions a quantization library raises when it fails; turned into MethodError.
 LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
     RuntimeError,
@@ -37,40 +34,6 @@ LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
     ImportError,
     OSError,
 )
-
-
-def check_task(name: str, supported: frozenset[Task], task: Task | str) -> Task:
-    """The request's task, or IncompatibleError naming spec.model.task."""
-    resolved = Task(task)
-    if resolved not in supported:
-        tasks = ", ".join(sorted(t.value for t in supported))
-        raise IncompatibleError(
-            TASK_FIELD,
-            f"method {name} cannot quantize a {resolved.value} model (supports: {tasks})",
-        )
-    return resolved
-
-
-def check_device(name: str, support: str, device: str) -> None:
-    """IncompatibleError when ``device`` cannot run this method, or CUDA is not there.
-
-    CPU-only methods (``support == "cpu"``) run on the CPU whatever device was offered.
-    """
-    kind = device.split(":", 1)[0]
-    if support == "cpu":
-        return
-    if support == "cuda" and kind != "cuda":
-        raise IncompatibleError(
-            "spec.resources.gpu", f"method {name} runs on {support} only, not on {kind}"
-        )
-    if kind == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise IncompatibleError(
-                "spec.resources.gpu",
-                f"method {name} was asked to run on CUDA but no GPU is visible",
-            )
 
 
 @contextmanager
@@ -137,9 +100,9 @@ def finish_artifact(
     extra: dict[str, Any] | None = None,
 ) -> ArtifactInfo:
     """The tail every method shares: make the artifact self-contained and describe it."""
-    from optimizer_job import modeling
+    from optimizer_job import loading
 
-    modeling.copy_tokenizer(request.source_dir, request.out_dir)
+    loading.copy_tokenizer(request.source_dir, request.out_dir)
     request.progress(100)
     return ArtifactInfo(
         method=name,

@@ -12,11 +12,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kubequant_api.constants import Task
-from optimizer_job import modeling
+from optimizer_job import loading
 from optimizer_job.methods._common import (
-    ALL_TASKS,
-    check_device,
-    check_task,
     device_map,
     finish_artifact,
     library_errors,
@@ -34,21 +31,16 @@ from optimizer_job.methods.base import (
 
 
 class _Bnb(QuantizationMethod):
-    supported_tasks: ClassVar[frozenset[Task]] = ALL_TASKS
-    needs_calibration: ClassVar[bool] = False
-    device_support: ClassVar[str] = "any"
 
     def _config(self, params: Any) -> Any:
         raise NotImplementedError
 
-    def quantize(self, request: QuantizeRequest) -> ArtifactInfo:
+    def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
         import torch
 
-        task = check_task(self.name, self.supported_tasks, request.task)
-        check_device(self.name, self.device_support, request.device)
         request.progress(5)
         with library_errors(self.name, "quantization"), timed(self.name, "quantize"):
-            model = modeling.auto_class(task).from_pretrained(
+            model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),
                 dtype=torch.float32,
                 quantization_config=self._config(request.params),
@@ -71,16 +63,15 @@ class _Bnb(QuantizationMethod):
 
     def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:
         with library_errors(self.name, "loading the artifact"):
-            model = modeling.auto_class(info.task).from_pretrained(
+            model = loading.auto_class(info.task).from_pretrained(
                 str(artifact_dir), device_map="cuda:0" if device.startswith("cuda") else "cpu"
             )
-        return modeling.TorchInferenceModel(model, info.task, device)
+        return loading.TorchInferenceModel(model, info.task, device)
 
 
 @register
 class BnbInt8(_Bnb):
     name = "bnb-int8"
-    expected_size_ratio: ClassVar[float] = 0.27
 
     def _config(self, params: Any) -> Any:
         from transformers import BitsAndBytesConfig
@@ -92,7 +83,6 @@ class BnbInt8(_Bnb):
 
 class _Bnb4Bit(_Bnb):
     quant_type: ClassVar[str]
-    expected_size_ratio: ClassVar[float] = 0.16
 
     def _config(self, params: Any) -> Any:
         from transformers import BitsAndBytesConfig

@@ -14,13 +14,11 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from kubequant_api.constants import Task
-from optimizer_job import modeling
+from optimizer_job import loading
 from optimizer_job.methods._common import (
-    check_device,
-    check_task,
     finish_artifact,
     library_errors,
     release,
@@ -108,9 +106,6 @@ def _no_pinning_without_accelerator() -> Iterator[None]:
 
 
 class _LlmCompressor(QuantizationMethod):
-    supported_tasks: ClassVar[frozenset[Task]] = frozenset({Task.CAUSAL_LM})
-    needs_calibration: ClassVar[bool] = True
-    device_support: ClassVar[str] = "any"
 
     def _recipe(self, params: Any, ignore: list[str]) -> Any:
         raise NotImplementedError
@@ -118,20 +113,18 @@ class _LlmCompressor(QuantizationMethod):
     def _group_size(self, params: Any) -> int:
         return int(params.group_size)
 
-    def quantize(self, request: QuantizeRequest) -> ArtifactInfo:
+    def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
         import torch
 
-        task = check_task(self.name, self.supported_tasks, request.task)
-        check_device(self.name, self.device_support, request.device)
         # llm-compressor logs through loguru at INFO; keep the engine's JSON logs readable.
         logging.getLogger("llmcompressor").setLevel(logging.WARNING)
         request.progress(5)
-        tokenizer = modeling.load_tokenizer(request.source_dir, request.trust_remote_code)
+        tokenizer = loading.load_tokenizer(request.source_dir, request.trust_remote_code)
         dataset = _calibration_dataset(
             tokenizer, request.calibration, request.sequence_length, self.name
         )
         with library_errors(self.name, "loading the model"):
-            model = modeling.auto_class(task).from_pretrained(
+            model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),
                 dtype=torch.float32,
                 trust_remote_code=request.trust_remote_code,
@@ -167,10 +160,10 @@ class _LlmCompressor(QuantizationMethod):
 
     def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:
         with library_errors(self.name, "loading the artifact"):
-            model = modeling.auto_class(info.task).from_pretrained(
+            model = loading.auto_class(info.task).from_pretrained(
                 str(artifact_dir), device_map="cuda:0" if device.startswith("cuda") else "cpu"
             )
-        return modeling.TorchInferenceModel(model, info.task, device)
+        return loading.TorchInferenceModel(model, info.task, device)
 
 
 def _weight_scheme(bits: int, group_size: int, symmetric: bool, actorder: str | None = None) -> Any:
@@ -190,7 +183,6 @@ def _weight_scheme(bits: int, group_size: int, symmetric: bool, actorder: str | 
 @register
 class Gptq(_LlmCompressor):
     name = "gptq"
-    expected_size_ratio: ClassVar[float] = 0.16
 
     def _recipe(self, params: Any, ignore: list[str]) -> Any:
         from llmcompressor.modifiers.quantization import GPTQModifier
@@ -207,7 +199,6 @@ class Gptq(_LlmCompressor):
 @register
 class Awq(_LlmCompressor):
     name = "awq"
-    expected_size_ratio: ClassVar[float] = 0.16
 
     def _recipe(self, params: Any, ignore: list[str]) -> Any:
         from llmcompressor.modifiers.quantization import QuantizationModifier

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from kubequant_api.constants import Task
-from optimizer_job import modeling
+from optimizer_job import loading
 from optimizer_job.methods._common import (
-    ALL_TASKS,
-    check_device,
-    check_task,
     finish_artifact,
     library_errors,
     release,
@@ -58,7 +55,7 @@ def _export_module(model: Any, task: Task) -> Any:
             kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
             if task == Task.CAUSAL_LM:
                 kwargs["use_cache"] = False
-            out: torch.Tensor = modeling.output_tensor(task, self.model(**kwargs))
+            out: torch.Tensor = loading.output_tensor(task, self.model(**kwargs))
             return out
 
     return ExportWrapper().eval()
@@ -95,21 +92,15 @@ class OnnxInferenceModel:
 @register
 class OnnxInt8(QuantizationMethod):
     name = "onnx-int8"
-    supported_tasks: ClassVar[frozenset[Task]] = ALL_TASKS
-    needs_calibration: ClassVar[bool] = False
-    device_support: ClassVar[str] = "cpu"
-    expected_size_ratio: ClassVar[float] = 0.26
 
-    def quantize(self, request: QuantizeRequest) -> ArtifactInfo:
+    def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
         import torch
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        task = check_task(self.name, self.supported_tasks, request.task)
-        check_device(self.name, self.device_support, request.device)
         per_channel = bool(getattr(request.params, "per_channel", True))
         request.progress(5)
         with library_errors(self.name, "loading the model"):
-            model = modeling.auto_class(task).from_pretrained(
+            model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),
                 dtype=torch.float32,
                 trust_remote_code=request.trust_remote_code,

@@ -12,11 +12,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kubequant_api.constants import Task
-from optimizer_job import modeling
+from optimizer_job import loading
 from optimizer_job.methods._common import (
-    ALL_TASKS,
-    check_device,
-    check_task,
     device_map,
     finish_artifact,
     library_errors,
@@ -38,7 +35,7 @@ def _wrapper_class(task: Task | str) -> Any:
 
     if Task(task) == Task.CAUSAL_LM:
         return QuantizedModelForCausalLM
-    auto = modeling.auto_class(task)
+    auto = loading.auto_class(task)
     return type(
         f"QuantizedModelFor{auto.__name__.removeprefix('AutoModel') or 'FeatureExtraction'}",
         (QuantizedTransformersModel,),
@@ -47,20 +44,15 @@ def _wrapper_class(task: Task | str) -> Any:
 
 
 class _Quanto(QuantizationMethod):
-    supported_tasks: ClassVar[frozenset[Task]] = ALL_TASKS
-    needs_calibration: ClassVar[bool] = False
-    device_support: ClassVar[str] = "any"
     weights: ClassVar[str]
     grad_mode: ClassVar[str] = "inference"
 
-    def quantize(self, request: QuantizeRequest) -> ArtifactInfo:
+    def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
         import torch
 
-        task = check_task(self.name, self.supported_tasks, request.task)
-        check_device(self.name, self.device_support, request.device)
         request.progress(5)
         with library_errors(self.name, "loading the model"):
-            model = modeling.auto_class(task).from_pretrained(
+            model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),
                 dtype=torch.float32,
                 device_map=device_map(request),
@@ -88,14 +80,13 @@ class _Quanto(QuantizationMethod):
         with library_errors(self.name, "loading the artifact"):
             wrapped = _wrapper_class(info.task).from_pretrained(str(artifact_dir))
             model = wrapped._wrapped.to("cuda:0" if device.startswith("cuda") else "cpu")
-        return modeling.TorchInferenceModel(model, info.task, device, grad_mode=self.grad_mode)
+        return loading.TorchInferenceModel(model, info.task, device, grad_mode=self.grad_mode)
 
 
 @register
 class QuantoInt8(_Quanto):
     name = "quanto-int8"
     weights = "qint8"
-    expected_size_ratio: ClassVar[float] = 0.27
 
 
 @register
@@ -103,4 +94,3 @@ class QuantoInt4(_Quanto):
     name = "quanto-int4"
     weights = "qint4"
     grad_mode = "no_grad"
-    expected_size_ratio: ClassVar[float] = 0.16

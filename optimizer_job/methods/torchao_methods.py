@@ -14,14 +14,11 @@ On CUDA it uses ``Int4WeightOnlyConfig`` (tinygemm tile-packed layout) the same 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from kubequant_api.constants import Task
-from optimizer_job import modeling
+from optimizer_job import loading
 from optimizer_job.methods._common import (
-    ALL_TASKS,
-    check_device,
-    check_task,
     device_map,
     finish_artifact,
     library_errors,
@@ -42,23 +39,17 @@ INT4_WEIGHTS_FILE = "model-int4.pt"
 
 
 class _TorchaoInt8(QuantizationMethod):
-    supported_tasks: ClassVar[frozenset[Task]] = ALL_TASKS
-    needs_calibration: ClassVar[bool] = False
-    device_support: ClassVar[str] = "any"
-    expected_size_ratio: ClassVar[float] = 0.27
 
     def _config(self) -> Any:
         raise NotImplementedError
 
-    def quantize(self, request: QuantizeRequest) -> ArtifactInfo:
+    def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
         import torch
         from transformers import TorchAoConfig
 
-        task = check_task(self.name, self.supported_tasks, request.task)
-        check_device(self.name, self.device_support, request.device)
         request.progress(5)
         with library_errors(self.name, "quantization"), timed(self.name, "quantize"):
-            model = modeling.auto_class(task).from_pretrained(
+            model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),
                 dtype=torch.float32,
                 quantization_config=TorchAoConfig(self._config()),
@@ -74,10 +65,10 @@ class _TorchaoInt8(QuantizationMethod):
 
     def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:
         with library_errors(self.name, "loading the artifact"):
-            model = modeling.auto_class(info.task).from_pretrained(
+            model = loading.auto_class(info.task).from_pretrained(
                 str(artifact_dir), device_map="cuda:0" if device.startswith("cuda") else "cpu"
             )
-        return modeling.TorchInferenceModel(model, info.task, device)
+        return loading.TorchInferenceModel(model, info.task, device)
 
 
 @register
@@ -113,21 +104,15 @@ def _int4_config(device: str, group_size: int) -> Any:
 @register
 class TorchaoInt4Weight(QuantizationMethod):
     name = "torchao-int4-weight"
-    supported_tasks: ClassVar[frozenset[Task]] = ALL_TASKS
-    needs_calibration: ClassVar[bool] = False
-    device_support: ClassVar[str] = "any"
-    expected_size_ratio: ClassVar[float] = 0.16
 
-    def quantize(self, request: QuantizeRequest) -> ArtifactInfo:
+    def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
         import torch
         from torchao.quantization import quantize_
 
-        task = check_task(self.name, self.supported_tasks, request.task)
-        check_device(self.name, self.device_support, request.device)
         group_size = int(getattr(request.params, "group_size", 128))
         request.progress(5)
         with library_errors(self.name, "loading the model"):
-            model = modeling.auto_class(task).from_pretrained(
+            model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),
                 dtype=torch.bfloat16,
                 device_map=device_map(request),
@@ -189,7 +174,7 @@ class TorchaoInt4Weight(QuantizationMethod):
         with library_errors(self.name, "loading the artifact"):
             config = AutoConfig.from_pretrained(str(artifact_dir))
             with no_init_weights():
-                model = modeling.auto_class(info.task).from_config(config, dtype=torch.bfloat16)
+                model = loading.auto_class(info.task).from_config(config, dtype=torch.bfloat16)
             state = torch.load(
                 artifact_dir / INT4_WEIGHTS_FILE,
                 map_location="cuda:0" if wanted == "cuda" else "cpu",
@@ -198,4 +183,4 @@ class TorchaoInt4Weight(QuantizationMethod):
             model.load_state_dict(state, assign=True, strict=True)
             del state
             model.to("cuda:0" if wanted == "cuda" else "cpu")
-        return modeling.TorchInferenceModel(model, info.task, device)
+        return loading.TorchInferenceModel(model, info.task, device)
