@@ -14,7 +14,7 @@ from typing import Any
 
 from kubequant_api.constants import MODEL_FIELD, TASK_FIELD, Task
 from kubequant_api.errors import InvalidSpecError
-from optimizer_job.methods.base import IncompatibleError
+from optimizer_job.errors import IncompatibleError
 
 # Files that make a model directory's tokenizer; methods copy these into every artifact.
 TOKENIZER_FILES = (

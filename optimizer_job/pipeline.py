@@ -35,8 +35,8 @@ from optimizer_job.redact import redact
 from optimizer_job.report.base import Reporter, RunContext, StaleRunError
 from optimizer_job.results import RunOutcome, exit_code_for
 from optimizer_job.search import (
-    PlannedRun,
     CandidateOutcome,
+    PlannedRun,
     SearchContext,
     best_failing,
     check_compatible,

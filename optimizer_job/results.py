@@ -16,7 +16,7 @@ from typing import Any, Final
 from kubequant_api.constants import API_VERSION, ExitCode, Reason
 from kubequant_api.errors import InvalidSpecError, KubequantError
 from kubequant_api.models import Result
-from optimizer_job.methods.base import IncompatibleError
+from optimizer_job.errors import IncompatibleError
 from optimizer_job.report.base import StaleRunError
 from optimizer_job.report.termination import compact_summary
 

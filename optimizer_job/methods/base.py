@@ -31,21 +31,10 @@ from kubequant_api.methods import (
     method_names,
     method_spec,
 )
+from optimizer_job.errors import IncompatibleError as IncompatibleError  # re-exported
+from optimizer_job.errors import MethodError as MethodError  # re-exported
 
 T = TypeVar("T")
-
-
-class MethodError(KubequantError):
-    """A method failed in a way that retrying may fix (exit code 1)."""
-
-
-class IncompatibleError(KubequantError):
-    """The method cannot handle this model/task (invalid spec: exit code 2)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 class InferenceModel(Protocol):
