@@ -15,7 +15,6 @@ given and the defaults, validated the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -90,17 +89,9 @@ class KubequantSettings(BaseSettings):
         except ValidationError as exc:
             raise type(self)._typed_error(exc) from exc
 
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        """The settings classes were frozen dataclasses: keep ``dataclasses.replace()``
-        working on them (it builds a new instance through ``__init__``, so it validates)."""
-        super().__pydantic_init_subclass__(**kwargs)
-        described: dict[str, dataclasses.Field[Any]] = {}
-        for name, info in cls.model_fields.items():
-            described[name] = dataclasses.field()
-            described[name].name = name
-            described[name].type = info.annotation
-        cls.__dataclass_fields__ = described  # type: ignore[attr-defined]
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied, validated like a fresh load."""
+        return type(self)(**{**self.model_dump(), **changes})
 
     # ------------------------------------------------------------------ the component's error
 

@@ -9,7 +9,6 @@ recorded call after the apply is the operator's.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import subprocess
 import time
 import urllib.request
@@ -130,8 +129,7 @@ def _operator_settings(docs: list[dict[str, Any]], kubeconfig: Path) -> Any:
     settings_mod = pytest.importorskip("kubequant_operator.settings")
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     loaded = settings_mod.Settings.load(env=env_of(container))
-    return dataclasses.replace(
-        loaded,
+    return loaded.replace(
         kubeconfig=str(kubeconfig),
         metrics_port=0,
         health_port=0,
