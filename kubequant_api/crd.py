@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -284,17 +285,24 @@ def render() -> str:
     return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help=f"write {CRD_PATH}")
+def generator_main(
+    path: Path, render: Callable[[], str], argv: list[str] | None, description: str | None
+) -> int:
+    """The command line of a generated file: print it, or ``--write`` it to ``path``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--write", action="store_true", help=f"write {path}")
     args = parser.parse_args(argv)
     text = render()
     if args.write:
-        CRD_PATH.parent.mkdir(parents=True, exist_ok=True)
-        CRD_PATH.write_text(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return generator_main(CRD_PATH, render, argv, __doc__)
 
 
 if __name__ == "__main__":

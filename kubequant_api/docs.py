@@ -9,9 +9,7 @@ reference cannot drift from the API the operator and the engine use.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import types
 import typing
 from collections.abc import Iterator
@@ -381,16 +379,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help=f"write {DOCS_PATH}")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.write:
-        DOCS_PATH.parent.mkdir(parents=True, exist_ok=True)
-        DOCS_PATH.write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return crd.generator_main(DOCS_PATH, render, argv, __doc__)
 
 
 if __name__ == "__main__":
