@@ -31,8 +31,7 @@ from kubequant_api.methods import (
     method_names,
     method_spec,
 )
-from optimizer_job.errors import IncompatibleError as IncompatibleError  # re-exported
-from optimizer_job.errors import MethodError as MethodError  # re-exported
+from optimizer_job.errors import IncompatibleError, MethodError
 
 T = TypeVar("T")
 
@@ -201,3 +200,18 @@ def get_method(name: str, field: str = "spec.method") -> QuantizationMethod:
     if cls is None:
         raise IncompatibleError(field, f"method {name!r} is not available in this engine")
     return cls()
+
+
+__all__ = [
+    "ArtifactInfo",
+    "IncompatibleError",
+    "InferenceModel",
+    "MethodError",
+    "QuantizationMethod",
+    "QuantizeRequest",
+    "check_device",
+    "get_method",
+    "register",
+    "registry",
+    "unregister",
+]
