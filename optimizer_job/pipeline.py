@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubequant_api.constants import MODEL_CARD_FILE, ExitCode, GateVerdict, Reason, Stage, Task
+from kubequant_api.constants import (
+    MODEL_CARD_FILE,
+    MODEL_FIELD,
+    ExitCode,
+    GateVerdict,
+    Reason,
+    Stage,
+    Task,
+)
 from kubequant_api.errors import InvalidSpecError, KubequantError
 from kubequant_api.models import ModelOptimizationSpec, QualityGate, Result
 from optimizer_job import artifact, modeling, preflight
@@ -102,7 +110,7 @@ def load_original(
         raise
     except Exception as exc:
         raise InvalidSpecError(
-            "spec.model.uri",
+            MODEL_FIELD,
             f"the model files at {redact(uri)} cannot be loaded "
             f"({type(exc).__name__}: {str(exc)[:300]})",
         ) from exc
