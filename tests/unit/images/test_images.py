@@ -231,6 +231,8 @@ def test_operator_image_contains_everything_the_operator_imports() -> None:
         "prometheus_client",
         "aiohttp",
         "pydantic",
+        "pydantic_core",  # installed with pydantic
+        "pydantic_settings",  # a base dependency (the settings loader in kubequant_api)
         "yaml",
     }
     used = _imports(REPO_ROOT / "operator" / "kubequant_operator")
