@@ -213,3 +213,19 @@ def test_the_engine_runs_it_end_to_end(
     loaded = modeling.load_artifact(out)
     assert loaded.task == Task.FEATURE_EXTRACTION
     loaded.close()
+
+
+def test_the_wire_params_hold_every_param_of_every_method() -> None:
+    """``spec.params`` on the wire (:class:`~kubequant_api.methods.Params`) is the one place a
+    method with a parameter no other method has touches besides its table entry: a method
+    whose parameter is missing there could never be given it (the CRD prunes it)."""
+    from kubequant_api.methods import METHOD_PARAMS, Params
+
+    wire = {f.alias or n for n, f in Params.model_fields.items()}
+    missing = {
+        method: sorted(
+            f.alias or n for n, f in model.model_fields.items() if (f.alias or n) not in wire
+        )
+        for method, model in METHOD_PARAMS.items()
+    }
+    assert {m: p for m, p in missing.items() if p} == {}
