@@ -6,6 +6,8 @@ ClusterRoles/ClusterRoleBindings, as the API server's RBAC authorizer does. Othe
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -137,3 +139,99 @@ def forbidden_message(
         f'{what} is forbidden: User "system:serviceaccount:{sa_ns}:{sa_name}" cannot {verb} '
         f'resource "{resource}" in API group "{group}"{scope}'
     )
+
+
+# --------------------------------------------------------------------------- escalation check
+# What a real API server checks before it stores a Role or ClusterRole (and a binding without
+# `bind`): every permission it grants must be held by the requester. The semantics are those
+# of Covers in k8s.io/component-helpers/auth/rbac/validation (policy_comparator.go):
+# - each requested rule is broken down into atomic rules of one apiGroup, one resource, one
+#   verb and at most one resourceName (nonResourceURLs: one URL and one verb);
+# - an atomic rule is covered when a single owner rule covers it whole:
+#   verbs, apiGroups: ``*`` or the very value;
+#   resources: ``*``, the very value (``jobs`` does not cover ``jobs/status``: a subresource
+#   is a resource of its own), or ``*/<sub>`` for any resource's ``<sub>``;
+#   resourceNames: an owner rule without names covers any (and no) name, one with names only
+#   requests naming one of them (never a request without names);
+#   nonResourceURLs: the very path, or an owner path ending in ``*`` covering its prefix.
+
+
+def breakdown_rule(rule: Rule) -> list[Rule]:
+    """``rule`` as the atomic rules it grants (the real server's BreakdownRule)."""
+    verbs = list(rule.get("verbs") or [])
+    names = list(rule.get("resourceNames") or [])
+    out: list[Rule] = []
+    for group in rule.get("apiGroups") or []:
+        for resource in rule.get("resources") or []:
+            for verb in verbs:
+                base: Rule = {"apiGroups": [group], "resources": [resource], "verbs": [verb]}
+                if names:
+                    out += [{**base, "resourceNames": [n]} for n in names]
+                else:
+                    out.append(base)
+    for url in rule.get("nonResourceURLs") or []:
+        out += [{"nonResourceURLs": [url], "verbs": [verb]} for verb in verbs]
+    return out
+
+
+def _holds(owned: list[str], wanted: list[str]) -> bool:
+    return "*" in owned or set(wanted) <= set(owned)
+
+
+def _resources_held(owned: list[str], wanted: list[str]) -> bool:
+    if _holds(owned, wanted):
+        return True
+    for resource in wanted:
+        if resource in owned:
+            continue
+        if "/" not in resource:
+            return False
+        if "*/" + resource.split("/", 1)[1] not in owned:
+            return False
+    return True
+
+
+def _url_held(owner: str, path: str) -> bool:
+    return owner == path or (owner.endswith("*") and path.startswith(owner.rstrip("*")))
+
+
+def _rule_covers(owner: Rule, atom: Rule) -> bool:
+    owner_names = list(owner.get("resourceNames") or [])
+    atom_names = list(atom.get("resourceNames") or [])
+    names_ok = not owner_names or (bool(atom_names) and set(atom_names) <= set(owner_names))
+    urls = list(owner.get("nonResourceURLs") or [])
+    return (
+        _holds(list(owner.get("verbs") or []), list(atom.get("verbs") or []))
+        and _holds(list(owner.get("apiGroups") or []), list(atom.get("apiGroups") or []))
+        and _resources_held(list(owner.get("resources") or []), list(atom.get("resources") or []))
+        and names_ok
+        and all(any(_url_held(o, p) for o in urls) for p in atom.get("nonResourceURLs") or [])
+    )
+
+
+def covers(owner_rules: Iterable[Rule], requested_rules: Iterable[Rule]) -> list[Rule]:
+    """The atomic rules of ``requested_rules`` that ``owner_rules`` do not cover (none: all
+    covered); a real API server refuses to store a Role granting any of them (403)."""
+    owners = list(owner_rules)
+    return [
+        atom
+        for rule in requested_rules
+        for atom in breakdown_rule(rule)
+        if not any(_rule_covers(owner, atom) for owner in owners)
+    ]
+
+
+def compact_rule(rule: Rule) -> str:
+    """A rule as the real server's messages print it (rbacv1helpers.CompactString)."""
+    parts = []
+    for field, label in (
+        ("apiGroups", "APIGroups"),
+        ("resources", "Resources"),
+        ("nonResourceURLs", "NonResourceURLs"),
+        ("resourceNames", "ResourceNames"),
+        ("verbs", "Verbs"),
+    ):
+        values = rule.get(field) or []
+        if values:
+            parts.append(f"{label}:[{' '.join(json.dumps(v) for v in values)}]")
+    return "{" + ", ".join(parts) + "}"
