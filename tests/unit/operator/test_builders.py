@@ -77,19 +77,21 @@ def test_role_grants_only_this_objects_status() -> None:
     obj = make_object()
     role = builders.build_role(obj)
     rules = role["rules"]
-    assert {
-        "apiGroups": ["kubequant.io"],
-        "resources": ["modeloptimizations/status"],
-        "resourceNames": ["minilm"],
-        "verbs": ["get", "patch"],
-    } in rules
-    assert {
-        "apiGroups": ["kubequant.io"],
-        "resources": ["modeloptimizations"],
-        "resourceNames": ["minilm"],
-        "verbs": ["get"],
-    } in rules
-    assert all(r["resourceNames"] == ["minilm"] for r in rules)
+    # Exactly what the engine calls: GET its object, PATCH its status (no GET of status).
+    assert rules == [
+        {
+            "apiGroups": ["kubequant.io"],
+            "resources": ["modeloptimizations/status"],
+            "resourceNames": ["minilm"],
+            "verbs": ["patch"],
+        },
+        {
+            "apiGroups": ["kubequant.io"],
+            "resources": ["modeloptimizations"],
+            "resourceNames": ["minilm"],
+            "verbs": ["get"],
+        },
+    ]
     rb = builders.build_role_binding(obj)
     assert rb["roleRef"]["name"] == role["metadata"]["name"]
     assert rb["subjects"] == [
