@@ -82,6 +82,9 @@ class Reason(StrEnum):
     QUALITY_GATE_FAILED = "QualityGateFailed"
     RESULTS_UNAVAILABLE = "ResultsUnavailable"
     ENGINE_FAILED = "EngineFailed"
+    FORBIDDEN = "Forbidden"
+    INVALID_JOB_SPEC = "InvalidJobSpec"
+    INVALID_CHILD_SPEC = "InvalidChildSpec"
 
 
 STALLED_REASONS: Final = (
@@ -94,6 +97,9 @@ STALLED_REASONS: Final = (
     Reason.QUALITY_GATE_FAILED,
     Reason.RESULTS_UNAVAILABLE,
     Reason.ENGINE_FAILED,
+    Reason.FORBIDDEN,
+    Reason.INVALID_JOB_SPEC,
+    Reason.INVALID_CHILD_SPEC,
 )
 
 

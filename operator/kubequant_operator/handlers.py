@@ -4,7 +4,9 @@ Handlers are registered into a registry made per operator run (``build_registry`
 settings (namespaces, intervals) apply without import-time globals and tests can run several
 operators one after another in one process.
 
-- create / update of ``spec`` / resume of a ModelOptimization -> reconcile (retried on error);
+- create / update of ``spec`` / resume of a ModelOptimization -> reconcile; on error (an API
+  error, or a child the API server refused) kopf retries the handler with exponential backoff
+  (:func:`retry_delay` of kopf's own ``retry`` count);
 - watch events of Jobs and Pods labelled ``app.kubernetes.io/managed-by=kubequant`` ->
   reconcile of the owner (from the child's owner annotation / ownerReference / label);
 - every watch event of a ModelOptimization -> the metrics index (DELETED removes the series);
@@ -36,8 +38,14 @@ PODS = ("v1", "pods")
 CHILD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 CHILD_LABELS = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 KOPF_PREFIX = "kubequant.io"
-RETRY_DELAY_SECONDS = 2.0
+RETRY_DELAY_SECONDS = 1.0  # the first retry's delay; doubled on each further one
+RETRY_DELAY_MAX_SECONDS = 300.0
 RESYNC_CONCURRENCY = 8
+
+
+def retry_delay(retry: int) -> float:
+    """Exponential backoff: the delay before kopf's next try after ``retry`` earlier ones."""
+    return min(RETRY_DELAY_SECONDS * 2.0 ** min(max(retry, 0), 16), RETRY_DELAY_MAX_SECONDS)
 
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, s: Settings) -> None:
@@ -91,20 +99,22 @@ def build_registry(s: Settings, reconciler: Reconciler, metrics: Metrics) -> kop
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(reconciler.kube.access)
 
-    async def run(namespace: str, name: str, retry: bool) -> None:
+    async def run(namespace: str, name: str, retry: int | None) -> None:
+        """Reconcile; with ``retry`` (kopf's count of earlier tries), errors are retried by
+        kopf after a delay that doubles each time (without it, the resync retries)."""
         try:
             await reconciler.reconcile(namespace, name)
         except ReconcileError as exc:
             metrics.reconcile_errors.inc()
             log.warning("reconcile failed: %s", exc, extra={"namespace": namespace, "object": name})
-            if retry:
-                raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_SECONDS) from exc
+            if retry is not None:
+                raise kopf.TemporaryError(str(exc), delay=retry_delay(retry)) from exc
 
     @kopf.on.resume(*RESOURCE, id="resume", registry=registry)
     @kopf.on.create(*RESOURCE, id="create", registry=registry)
     @kopf.on.update(*RESOURCE, field="spec", id="spec-update", registry=registry)
-    async def object_changed(namespace: str | None, name: str, **_: Any) -> None:
-        await run(str(namespace), name, retry=True)
+    async def object_changed(namespace: str | None, name: str, retry: int, **_: Any) -> None:
+        await run(str(namespace), name, retry=retry)
 
     @kopf.on.event(*RESOURCE, id="index", registry=registry)
     def object_seen(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
@@ -119,7 +129,7 @@ def build_registry(s: Settings, reconciler: Reconciler, metrics: Metrics) -> kop
     async def child_changed(body: Mapping[str, Any], namespace: str | None, **_: Any) -> None:
         owner = owner_of_child(body)
         if owner and namespace:
-            await run(namespace, owner, retry=False)
+            await run(namespace, owner, retry=None)
 
     return registry
 

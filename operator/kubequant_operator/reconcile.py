@@ -27,6 +27,7 @@ from kubequant_api.models import ModelOptimizationSpec, Result, parse_spec
 from kubequant_operator import builders
 from kubequant_operator.checks import compatibility_problem
 from kubequant_operator.children import job_finished, job_started, parse_time
+from kubequant_operator.failures import REFUSAL_STATUSES, ChildRefusal
 from kubequant_operator.harvest import harvest_from_pods, read_results_file, result_for_generation
 from kubequant_operator.kube import Kube, KubeError
 from kubequant_operator.metrics import Metrics
@@ -41,10 +42,23 @@ from kubequant_operator.status import (
 
 log = logging.getLogger("kubequant.operator")
 STATUS_CONFLICT_RETRIES = 5
+RBAC_API = "rbac.authorization.k8s.io/v1"
+# The per-run identity, deleted in this order (the ServiceAccount last: while it exists, the
+# next sweep finds the set again, so an interrupted sweep is finished later).
+RUN_IDENTITY_KINDS = ((RBAC_API, "RoleBinding"), (RBAC_API, "Role"), ("v1", "ServiceAccount"))
 
 
 class ReconcileError(KubequantError):
     """A reconcile could not finish (an API error); the trigger retries it."""
+
+
+class ChildRefusedError(ReconcileError):
+    """The API server refused a child's create (403, 422). The status already says so
+    (Stalled with the reason and the server's message); the trigger retries with backoff."""
+
+    def __init__(self, message: str, refusal: ChildRefusal) -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 @dataclass
@@ -140,8 +154,13 @@ class Reconciler:
             extra["method"] = str(spec.method)
 
         current_name = builders.job_name(namespace, name, uid, generation)
-        job, deleted = await self._stop_stale_jobs(namespace, uid, generation, current_name, extra)
+        job, deleted, live = await self._stop_stale_jobs(
+            namespace, uid, generation, current_name, extra
+        )
+        if generation > 1:
+            await self._delete_stale_identities(namespace, uid, generation, live, extra)
         created = False
+        refusal: ChildRefusal | None = None
         if spec is not None and spec.suspend:
             if job is not None and job_finished(job) is None:
                 await self.kube.delete("batch/v1", "Job", namespace, current_name)
@@ -155,16 +174,24 @@ class Reconciler:
                 return ReconcileOutcome(phase=(obj.get("status") or {}).get("phase"), job_name=None)
             blocker = await self._missing_references(namespace, spec)
             if blocker is None:
-                job = await self._create_children(obj, spec)
+                job, refusal = await self._create_children(obj, spec)
+            if job is not None:
                 created = True
                 log.info("created the engine's Job", extra={**extra, "job": current_name})
                 # told at once: a later failure of this reconcile must not lose the event
                 await self._event(obj, "Normal", Reason.JOB_CREATED, f"created Job {current_name}")
 
-        observation = await self._observe(namespace, obj, spec, job, blocker)
+        observation = await self._observe(namespace, obj, spec, job, blocker, refusal=refusal)
         now = datetime.now(UTC)
         update = compute_status(observation, self.settings, now)
         patched = await self._write_status(namespace, name, obj, update, now=now, extra=extra)
+        if refusal is not None:
+            # The status says Stalled (and its event is posted); the trigger retries later.
+            raise ChildRefusedError(
+                f"{namespace}/{name}: the API server refused to create {refusal.kind} "
+                f"{refusal.name} (HTTP {refusal.status}): {refusal.message}",
+                refusal,
+            )
         return ReconcileOutcome(
             phase=update.phase,
             job_name=current_name if job is not None else None,
@@ -175,8 +202,11 @@ class Reconciler:
 
     async def _stop_stale_jobs(
         self, namespace: str, uid: str, generation: int, current_name: str, extra: dict[str, Any]
-    ) -> tuple[dict[str, Any] | None, list[str]]:
-        """The current generation's Job (or None), after deleting the unfinished others."""
+    ) -> tuple[dict[str, Any] | None, list[str], set[str]]:
+        """The current generation's Job (or None), after deleting the unfinished others.
+
+        Also the names of every Job of the object that still exists (deleted ones included:
+        their pods may still run as their ServiceAccount until the Job is gone)."""
         if generation > 1:
             # Jobs of older generations may still run: find them all by the owner's uid.
             jobs = await self.kube.list("batch/v1", "Job", namespace, {OWNER_UID_LABEL: uid})
@@ -196,7 +226,25 @@ class Reconciler:
                 log.info(
                     "stopped the Job of an older generation", extra={**extra, "job": other_name}
                 )
-        return job, deleted
+        return job, deleted, {str(j["metadata"]["name"]) for j in jobs}
+
+    async def _delete_stale_identities(
+        self, namespace: str, uid: str, generation: int, live_jobs: set[str], extra: dict[str, Any]
+    ) -> None:
+        """Delete the per-run ServiceAccount, Role and RoleBinding of older generations whose
+        Job is gone (404 is done). The current generation's set is never touched."""
+        accounts = await self.kube.list("v1", "ServiceAccount", namespace, {OWNER_UID_LABEL: uid})
+        for account in accounts:
+            child = str(account["metadata"]["name"])
+            child_generation = builders.generation_of_child(account)
+            if child_generation is None or child_generation >= generation or child in live_jobs:
+                continue
+            for api_version, kind in RUN_IDENTITY_KINDS:
+                await self.kube.delete(api_version, kind, namespace, child)
+            log.info(
+                "deleted the identity of an older generation's run",
+                extra={**extra, "job": child},
+            )
 
     async def _observe(
         self,
@@ -205,6 +253,8 @@ class Reconciler:
         spec: ModelOptimizationSpec | None,
         job: Mapping[str, Any] | None,
         blocker: Blocker | None,
+        *,
+        refusal: ChildRefusal | None = None,
     ) -> Observation:
         """The Job's pods and, once it finished without status.result, the harvested result."""
         meta = obj.get("metadata") or {}
@@ -232,6 +282,7 @@ class Reconciler:
             job=job,
             pods=pods,
             blocker=blocker,
+            refusal=refusal,
             harvested=harvested,
             harvest_note=note,
         )
@@ -291,16 +342,34 @@ class Reconciler:
 
     async def _create_children(
         self, obj: Mapping[str, Any], spec: ModelOptimizationSpec
-    ) -> dict[str, Any]:
-        """SA, Role, RoleBinding, then the Job; "already exists" is success."""
+    ) -> tuple[dict[str, Any] | None, ChildRefusal | None]:
+        """SA, Role, RoleBinding, then the Job; "already exists" is success.
+
+        The Job, or the first child the API server refused (403, 422): those are reported in
+        the status rather than raised, since only a change elsewhere (RBAC, admission, the
+        spec) makes the same create succeed."""
         job: dict[str, Any] | None = None
         for manifest in builders.build_children(obj, spec, self.settings):
+            meta = manifest["metadata"]
             try:
                 made = await self.kube.create(manifest)
             except KubeError as exc:
+                if exc.status in REFUSAL_STATUSES:
+                    log.warning(
+                        "the API server refused to create %s %s: %s",
+                        manifest["kind"],
+                        meta["name"],
+                        exc.message,
+                        extra={
+                            "namespace": meta["namespace"],
+                            "object": (obj.get("metadata") or {}).get("name"),
+                        },
+                    )
+                    return None, ChildRefusal(
+                        str(manifest["kind"]), str(meta["name"]), exc.status, exc.message
+                    )
                 if not exc.conflict:
                     raise
-                meta = manifest["metadata"]
                 made = (
                     await self.kube.get(
                         manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
@@ -312,7 +381,7 @@ class Reconciler:
             if manifest["kind"] == "Job":
                 job = made or manifest
         assert job is not None
-        return job
+        return job, None
 
     async def _event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         try:

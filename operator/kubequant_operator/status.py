@@ -4,7 +4,8 @@ Nothing here does I/O. :func:`classify` reads the observation as ONE :class:`Sta
 reason, message, whether work is under way, suspended or stalled, and the run's facts);
 :func:`conditions_for` derives the four kstatus conditions from that state, and
 :func:`transition_events` the events from the change between the old and the new status.
-Reading Jobs and Pods lives in :mod:`.children`, harvesting results in :mod:`.harvest`.
+Reading Jobs and Pods lives in :mod:`.children`, why a run cannot progress in :mod:`.failures`,
+harvesting results in :mod:`.harvest`.
 
 The operator owns ``phase``, ``conditions``, ``observedGeneration``, ``jobName``,
 ``attempts``, the times, ``message`` and ``failure``; it writes ``result`` only when it
@@ -21,24 +22,25 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from kubequant_api.constants import ConditionType, ExitCode, GateVerdict, Phase, Reason
+from kubequant_api.constants import ConditionType, GateVerdict, Phase, Reason
 from kubequant_api.models import ModelOptimizationSpec, Result
 from kubequant_operator.builders import generation_of_child
 from kubequant_operator.children import (
     attempts,
-    engine_image,
-    image_pull_waiting,
     job_condition,
     job_finished,
     job_name,
     job_suspended,
-    pod_pending,
     pod_running,
-    sorted_pods,
-    terminated_state,
-    unschedulable,
 )
-from kubequant_operator.harvest import clip, result_for_generation, summary_detail
+from kubequant_operator.failures import (
+    ChildRefusal,
+    FailureInfo,
+    classify_failed_job,
+    pod_blocked,
+    refusal_failure,
+)
+from kubequant_operator.harvest import clip, result_for_generation
 from kubequant_operator.settings import Settings
 
 OPERATOR_FIELDS = (
@@ -77,6 +79,7 @@ class Observation:
     job: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
     blocker: Blocker | None = None
+    refusal: ChildRefusal | None = None  # the API server refused to create a child (403, 422)
     harvested: Result | None = None
     harvest_note: str = ""  # why nothing could be harvested (for ResultsUnavailable)
 
@@ -98,19 +101,6 @@ class StatusUpdate:
     def phase(self) -> str | None:
         value = self.status.get("phase")
         return str(value) if value is not None else None
-
-
-@dataclass(frozen=True)
-class FailureInfo:
-    reason: Reason
-    message: str
-    exit_code: int | None = None
-
-    def to_api(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"reason": str(self.reason), "message": self.message}
-        if self.exit_code is not None:
-            out["exitCode"] = self.exit_code
-        return out
 
 
 @dataclass(frozen=True)
@@ -145,79 +135,8 @@ def _stalled(
     return State(phase, failure.reason, message, failure=failure, completion_time=completion_time)
 
 
-# --------------------------------------------------------------------------- failures
-
-
-def classify_failed_job(
-    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], spec: ModelOptimizationSpec | None
-) -> FailureInfo:
-    """Why a Job failed, from its Failed condition and its pods' last container states."""
-    cond = job_condition(job, "Failed") or {}
-    cond_reason = str(cond.get("reason") or "")
-    cond_message = str(cond.get("message") or "")
-    if cond_reason == "DeadlineExceeded":
-        limit = spec.timeout_seconds if spec is not None else None
-        text = cond_message or "Job was active longer than specified deadline"
-        if limit is not None:
-            text = f"spec.timeoutSeconds ({limit}s) exceeded: {text}"
-        return FailureInfo(Reason.DEADLINE_EXCEEDED, clip(text))
-    ordered = sorted_pods(pods)
-    for pod in reversed(ordered):
-        term = terminated_state(pod)
-        if term is None:
-            continue
-        code = term.get("exitCode")
-        exit_code = int(code) if code is not None else None
-        detail = summary_detail(term)
-        if term.get("reason") == "OOMKilled":
-            mem = (spec.resources.memory if spec is not None else None) or "the memory limit"
-            text = f"the engine ran out of memory (limit {mem}); raise spec.resources.memory"
-            return FailureInfo(Reason.OOM_KILLED, clip(text), exit_code or 137)
-        if exit_code == ExitCode.INVALID_SPEC:
-            return FailureInfo(Reason.INVALID_SPEC, detail or "the engine rejected the spec", 2)
-        if exit_code == ExitCode.QUALITY_GATE_FAILED:
-            return FailureInfo(
-                Reason.QUALITY_GATE_FAILED,
-                detail or "the optimized model failed spec.evaluation.qualityGate",
-                3,
-            )
-        return FailureInfo(
-            Reason.ENGINE_FAILED,
-            detail or f"the engine exited with code {exit_code} ({cond_reason or 'Failed'})",
-            exit_code,
-        )
-    for pod in reversed(ordered):
-        waiting = image_pull_waiting(pod)
-        if waiting is not None:
-            return FailureInfo(Reason.IMAGE_PULL_BACK_OFF, clip(str(waiting.get("message", ""))))
-    return FailureInfo(
-        Reason.ENGINE_FAILED,
-        clip(cond_message or f"the Job failed ({cond_reason or 'no reason given'})"),
-    )
-
-
-def pod_blocked(
-    pods: Sequence[Mapping[str, Any]], s: Settings, now: datetime
-) -> FailureInfo | None:
-    """ImagePullBackOff at once; Unschedulable once pending longer than the deadline."""
-    for pod in reversed(sorted_pods(pods)):
-        if not pod_pending(pod):
-            continue
-        waiting = image_pull_waiting(pod)
-        if waiting is not None:
-            text = f"cannot pull engine image {engine_image(pod)!r}: {waiting.get('message', '')}"
-            return FailureInfo(Reason.IMAGE_PULL_BACK_OFF, clip(text.strip()))
-        stuck = unschedulable(pod)
-        if stuck is not None:
-            since, why = stuck
-            deadline = s.pending_deadline_seconds
-            if since is not None and (now - since).total_seconds() >= deadline:
-                text = f"pod unschedulable for over {deadline}s: {why}"
-                return FailureInfo(Reason.UNSCHEDULABLE, clip(text.strip()))
-    return None
-
-
 # --------------------------------------------------------------------------- classification
+# (the failure classifiers are in :mod:`.failures`)
 
 
 def generation_of(obj: Mapping[str, Any]) -> int:
@@ -234,6 +153,11 @@ def classify(obs: Observation, s: Settings, now: datetime) -> State:
     if spec is not None and spec.suspend:
         message = "suspended by spec.suspend: no Job runs"
         return State(Phase.PENDING, Reason.SUSPENDED, message, suspended=True)
+    if obs.job is None and obs.refusal is not None:
+        # Not terminal: the cause (RBAC, admission, a validation rule) may go away; the
+        # create is retried with backoff and the next success ends the stall.
+        failure = refusal_failure(obs.refusal)
+        return _stalled(Phase.PENDING, failure, f"{failure.reason}: {failure.message}")
     if obs.job is None:
         return State(
             Phase.PENDING, Reason.PROGRESSING, "creating the engine's Job", reconciling=True

@@ -86,12 +86,13 @@ compares them with the calls recorded by the local control plane.
   verbs: ["list", "watch"]
 # The engine's own identity per run (a Role on its object's status only); `get` after a
 # create conflict. The operator can only grant what it holds itself (RBAC escalation check).
+# Older generations' sets are deleted once their Job is gone (found by listing the accounts).
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["get", "create"]
+  verbs: ["get", "list", "create", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "delete"]
 # Existence checks only: `get` (metadata only) answers whether a credentials Secret or a PVC
 # named in a spec exists. No list or watch, so Secrets cannot be enumerated; the operator
 # never reads their data (the kubelet hands the Secret to the engine pod through envFrom).
