@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from kubequant_localkube import rbac
+
 
 @dataclasses.dataclass
 class ApiCall:
@@ -19,30 +21,16 @@ class ApiCall:
     name: str | None
     user_agent: str = ""
     code: int = 0
-    user: str = "admin"  # or system:serviceaccount:<namespace>:<name> (a pod's token)
+    user: str = "admin"  # who it was authorized as (a pod's ServiceAccount, an impersonated user)
 
     @property
     def rbac_resource(self) -> str:
         return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
 
     def allowed_by(self, rules: list[dict[str, Any]]) -> bool:
-        """Whether RBAC ``rules`` (a Role's or ClusterRole's) permit this call."""
-        for rule in rules:
-            groups = rule.get("apiGroups") or []
-            resources = rule.get("resources") or []
-            verbs = rule.get("verbs") or []
-            names = rule.get("resourceNames") or []
-            if "*" not in groups and self.group not in groups:
-                continue
-            wildcard_sub = self.subresource is not None and f"{self.resource}/*" in resources
-            if "*" not in resources and self.rbac_resource not in resources and not wildcard_sub:
-                continue
-            if "*" not in verbs and self.verb not in verbs:
-                continue
-            if names and self.name not in names:
-                continue
-            return True
-        return False
+        """Whether RBAC ``rules`` (a Role's or ClusterRole's) permit this call: the real
+        authorizer's RuleAllows, through :func:`.rbac.allows` (the one matcher)."""
+        return rbac.allows(rules, self.verb, self.group, self.rbac_resource, self.name)
 
 
 @dataclasses.dataclass

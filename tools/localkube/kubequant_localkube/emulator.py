@@ -22,7 +22,7 @@ import threading
 
 import aiohttp.web
 
-from kubequant_localkube import discovery, errors, rbac, tables
+from kubequant_localkube import authz, discovery, errors, rbac, tables
 from kubequant_localkube.calls import ApiCall, Fault
 from kubequant_localkube.httpio import (
     JSON,
@@ -41,10 +41,11 @@ from kubequant_localkube.watchstream import serve_watch
 __all__ = ["ApiCall", "Fault", "LocalKubeEmulator"]
 
 log = logging.getLogger(__name__)
-# The ServiceAccount (namespace, name) a request comes from; None: the admin.
-_IDENTITY: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
-    "localkube_identity", default=None
+# Who a request is authorized as (after impersonation).
+_IDENTITY: contextvars.ContextVar[authz.UserInfo] = contextvars.ContextVar(
+    "localkube_identity", default=authz.ADMIN
 )
+_RBAC_KINDS = ("roles", "clusterroles", "rolebindings", "clusterrolebindings")
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)
@@ -58,7 +59,9 @@ class LocalKubeEmulator:
     pod_logs: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     bookmark_interval: float = 5.0
     max_watch_seconds: float = 1800.0
-    # Requests with a pod's service-account token are authorized by RBAC (Roles, bindings).
+    # Requests of any identity outside system:masters (a pod's service-account token, an
+    # impersonated user) are authorized by RBAC, with escalation prevention and impersonation
+    # checks as a real server applies them (:mod:`.authz`). The admin token is system:masters.
     enforce_rbac: bool = True
     # Pods reach the API at a per-ServiceAccount URL and also get a token. True: a pod's
     # request without its token is a 401, as on a real cluster (a client that drops its
@@ -122,7 +125,11 @@ class LocalKubeEmulator:
             token_sa = rbac.service_account_of(raw.headers.get("Authorization"))
             if pod_sa is not None and token_sa != pod_sa and self.require_pod_token:
                 raise errors.ApiError(401, "Unauthorized", reason="Unauthorized")
-            _IDENTITY.set(pod_sa or token_sa)
+            sa = pod_sa or token_sa
+            user = authz.service_account_user(*sa) if sa else authz.ADMIN
+            _IDENTITY.set(
+                authz.impersonate(self.store, user, raw.headers, enforce=self.enforce_rbac)
+            )
             return await self._route(raw, body, path.rstrip("/") or "/")
         except errors.ApiError as exc:
             return aiohttp.web.json_response(exc.to_status(), status=exc.status)
@@ -201,26 +208,24 @@ class LocalKubeEmulator:
     ) -> aiohttp.web.StreamResponse:
         q = raw.query
         verb = call.verb
-        sa = _IDENTITY.get()
-        if sa is not None:
-            call.user = f"system:serviceaccount:{sa[0]}:{sa[1]}"
+        user = _IDENTITY.get()
+        call.user = user.name
         self._record(call)
-        if sa is not None and self.enforce_rbac:
-            rules = rbac.rules_for(self.store, sa[0], sa[1], rp.namespace)
-            if not call.allowed_by(rules):
-                raise errors.ApiError(
-                    403,
-                    rbac.forbidden_message(
-                        sa[0],
-                        sa[1],
-                        verb,
-                        call.rbac_resource,
-                        group=rp.group,
-                        name=rp.name,
-                        ns=rp.namespace,
-                    ),
-                    reason="Forbidden",
-                    details={"name": rp.name, "group": rp.group, "kind": rp.plural},
+        enforce = self.enforce_rbac and not user.privileged
+        if enforce:
+            # a list/watch narrowed to one name by fieldSelector is authorized with that name
+            name = rp.name or _selected_name(q.get("fieldSelector"))
+            if not authz.authorized(
+                self.store,
+                user,
+                verb,
+                rp.group,
+                call.rbac_resource,
+                namespace=rp.namespace,
+                name=name,
+            ):
+                raise authz.forbid(
+                    user, verb, rp.group, call.rbac_resource, namespace=rp.namespace, name=name
                 )
         res = self.store.resource(rp.group, rp.version, rp.plural)
         if rp.namespace and not res.namespaced:
@@ -230,6 +235,9 @@ class LocalKubeEmulator:
         field_validation = q.get("fieldValidation")
         table = "as=Table" in raw.headers.get("Accept", "")
         warnings: list[str] = []
+        rbac_write = rp.group == authz.RBAC_GROUP and rp.plural in _RBAC_KINDS
+        if enforce and rbac_write and verb in ("create", "update", "patch") and not rp.subresource:
+            self._check_escalation(raw, body, rp, ns, user)
 
         if verb == "watch":
             return await serve_watch(
@@ -263,7 +271,7 @@ class LocalKubeEmulator:
         if verb == "create":
             data = read_body(body, raw)
             if res.plural == "selfsubjectaccessreviews":
-                data["status"] = {"allowed": True, "reason": "the local emulator allows all"}
+                data["status"] = authz.access_review(self.store, user, data.get("spec") or {})
                 return json_response(data, status=201)
             if rp.name and rp.subresource:
                 raise errors.ApiError(
@@ -377,6 +385,42 @@ class LocalKubeEmulator:
             }
         )
 
+    def _check_escalation(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        body: bytes,
+        rp: ResourcePath,
+        ns: str | None,
+        user: authz.UserInfo,
+    ) -> None:
+        """The object a write would store (a patch: applied as a dry run), checked for RBAC
+        escalation before anything is stored."""
+        res = self.store.resource(rp.group, rp.version, rp.plural)
+        old = self.store.try_get(res, ns, rp.name) if rp.name else None
+        if raw.method.upper() == "PATCH":
+            ctype = raw.headers.get("Content-Type", JSON).split(";")[0].strip()
+            kind = {
+                "application/merge-patch+json": "merge",
+                "application/strategic-merge-patch+json": "strategic",
+                "application/json-patch+json": "json",
+                "application/apply-patch+yaml": "apply",
+            }.get(ctype)
+            if kind is None:
+                return  # refused as an unsupported patch below
+            patch = read_body(body, raw, yaml_ok=kind == "apply", any_json=True)
+            new = self.store.patch(
+                res,
+                ns,
+                rp.name or "",
+                kind,
+                patch,
+                dry_run=True,
+                field_manager=raw.query.get("fieldManager"),
+            )
+        else:
+            new = read_body(body, raw)
+        authz.check_escalation(self.store, user, rp.plural, ns, new, old=old)
+
     def _list(
         self, raw: aiohttp.web.BaseRequest, res: Resource, ns: str | None, table: bool
     ) -> aiohttp.web.Response:
@@ -403,6 +447,16 @@ class LocalKubeEmulator:
         return json_response(
             {"kind": res.list_kind, "apiVersion": res.api_version, "metadata": meta, "items": items}
         )
+
+
+def _selected_name(selector: str | None) -> str | None:
+    """``metadata.name=X`` in a fieldSelector (the real RequestInfo's name for list/watch)."""
+    for term in (selector or "").split(","):
+        key, sep, value = term.strip().partition("=")
+        value = value[1:] if value.startswith("=") else value
+        if sep and key == "metadata.name" and value:
+            return value
+    return None
 
 
 def _include(raw: aiohttp.web.BaseRequest) -> str:

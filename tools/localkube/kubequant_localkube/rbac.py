@@ -1,7 +1,8 @@
 """Identity and RBAC for pods: a pod's process gets a token naming its ServiceAccount, and
 the emulator authorizes that token's requests with the namespace's Roles/RoleBindings and the
-ClusterRoles/ClusterRoleBindings, as the API server's RBAC authorizer does. Other clients
-(tests, kubectl, the operator) use the admin token and are not restricted.
+ClusterRoles/ClusterRoleBindings, as the API server's RBAC authorizer does (any identity
+not in ``system:masters``: see :mod:`.authz`). Other clients (tests, kubectl, the operator)
+use the admin token (``system:masters``) and are not restricted, unless they impersonate.
 """
 
 from __future__ import annotations
@@ -78,29 +79,38 @@ def split_identity_path(path: str) -> tuple[str, tuple[str, str] | None]:
     return "/" + rest, (ns, name)
 
 
-def _bound(binding: dict[str, Any], sa_ns: str, sa_name: str) -> bool:
-    for subject in binding.get("subjects") or []:
-        kind = subject.get("kind")
-        if kind == "ServiceAccount":
-            ns = subject.get("namespace") or binding["metadata"].get("namespace")
-            if subject.get("name") == sa_name and ns == sa_ns:
-                return True
-        if kind == "Group" and subject.get("name") in (
-            "system:serviceaccounts",
-            f"system:serviceaccounts:{sa_ns}",
-            "system:authenticated",
-        ):
-            return True
-        if kind == "User" and subject.get("name") == f"system:serviceaccount:{sa_ns}:{sa_name}":
-            return True
+SA_USER_PREFIX = "system:serviceaccount:"
+
+
+def service_account_groups(namespace: str) -> tuple[str, ...]:
+    """The groups a ServiceAccount's user has (serviceaccount.MakeGroupNames + authenticated)."""
+    return ("system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated")
+
+
+def _applies(
+    subject: dict[str, Any], binding_ns: str | None, user: str, groups: Iterable[str]
+) -> bool:
+    """Whether a binding's subject names ``user`` (the real authorizer's appliesToUser)."""
+    kind = subject.get("kind")
+    if kind == "User":
+        return bool(subject.get("name") == user)
+    if kind == "Group":
+        return subject.get("name") in set(groups)
+    if kind == "ServiceAccount":
+        ns = subject.get("namespace") or binding_ns
+        return user == f"{SA_USER_PREFIX}{ns}:{subject.get('name')}"
     return False
 
 
-def rules_for(store: Store, sa_ns: str, sa_name: str, namespace: str | None) -> list[Rule]:
-    """The rules granted to a service account in ``namespace`` (cluster-wide when None)."""
+def rules_for_user(
+    store: Store, user: str, groups: Iterable[str], namespace: str | None
+) -> list[Rule]:
+    """The rules granted to ``user`` (with ``groups``) in ``namespace`` (cluster-wide when
+    None): ClusterRoleBindings, plus that namespace's RoleBindings (to Roles or ClusterRoles)."""
     group = "rbac.authorization.k8s.io"
     roles = store.resource(group, "v1", "roles")
     croles = store.resource(group, "v1", "clusterroles")
+    groups = tuple(groups)
     out: list[Rule] = []
 
     def role_rules(ref: dict[str, Any], ns: str | None) -> list[Rule]:
@@ -110,34 +120,64 @@ def rules_for(store: Store, sa_ns: str, sa_name: str, namespace: str | None) -> 
             role = store.try_get(roles, ns, ref.get("name", "")) if ns else None
         return list((role or {}).get("rules") or [])
 
+    def bound(binding: dict[str, Any]) -> bool:
+        ns = binding["metadata"].get("namespace")
+        return any(_applies(s, ns, user, groups) for s in binding.get("subjects") or [])
+
     for crb in store.list_objects(store.resource(group, "v1", "clusterrolebindings"))[0]:
-        if _bound(crb, sa_ns, sa_name):
+        if bound(crb):
             out += role_rules(crb.get("roleRef") or {}, None)
     if namespace:
         rbs = store.list_objects(store.resource(group, "v1", "rolebindings"), namespace)[0]
         for rb in rbs:
-            if _bound(rb, sa_ns, sa_name):
+            if bound(rb):
                 out += role_rules(rb.get("roleRef") or {}, namespace)
     return out
 
 
+def rules_for(store: Store, sa_ns: str, sa_name: str, namespace: str | None) -> list[Rule]:
+    """The rules granted to a service account in ``namespace`` (cluster-wide when None)."""
+    user = f"{SA_USER_PREFIX}{sa_ns}:{sa_name}"
+    return rules_for_user(store, user, service_account_groups(sa_ns), namespace)
+
+
+def allows(
+    rules: Iterable[Rule], verb: str, group: str, resource: str, name: str | None = None
+) -> bool:
+    """Whether ``rules`` permit one request (the real authorizer's RuleAllows): ``resource`` is
+    ``res`` or ``res/sub``; the same matching as :func:`covers` (one atomic rule): ``*``
+    matches all, ``*/sub`` any resource's ``sub``, ``res/*`` only itself; a rule with
+    resourceNames never allows a request without a name (list, watch, create)."""
+    atom: Rule = {"apiGroups": [group], "resources": [resource], "verbs": [verb]}
+    if name:
+        atom["resourceNames"] = [name]
+    return any(_rule_covers(rule, atom) for rule in rules)
+
+
+def allows_url(rules: Iterable[Rule], verb: str, path: str) -> bool:
+    """Whether ``rules`` permit a non-resource request (``/healthz``, ``/metrics``)."""
+    atom: Rule = {"nonResourceURLs": [path], "verbs": [verb]}
+    return any(rule.get("nonResourceURLs") and _rule_covers(rule, atom) for rule in rules)
+
+
 def forbidden_message(
-    sa_ns: str,
-    sa_name: str,
+    user: str,
     verb: str,
     resource: str,
     *,
+    subresource: str | None = None,
     group: str,
     name: str | None,
     ns: str | None,
 ) -> str:
-    what = (
-        f'{resource}.{group} "{name}"' if name else (f"{resource}.{group}" if group else resource)
-    )
+    """The real server's 403 wording (responsewriters.Forbidden)."""
+    qualified = f"{resource}.{group}" if group else resource
+    what = f'{qualified} "{name}"' if name else qualified
+    full = f"{resource}/{subresource}" if subresource else resource
     scope = f' in the namespace "{ns}"' if ns else " at the cluster scope"
     return (
-        f'{what} is forbidden: User "system:serviceaccount:{sa_ns}:{sa_name}" cannot {verb} '
-        f'resource "{resource}" in API group "{group}"{scope}'
+        f'{what} is forbidden: User "{user}" cannot {verb} resource "{full}" '
+        f'in API group "{group}"{scope}'
     )
 
 
@@ -235,3 +275,22 @@ def compact_rule(rule: Rule) -> str:
         if values:
             parts.append(f"{label}:[{' '.join(json.dumps(v) for v in values)}]")
     return "{" + ", ".join(parts) + "}"
+
+
+def compact_missing(atoms: Iterable[Rule]) -> list[str]:
+    """Missing atomic rules as the real server lists them (CompactRules: rules of one group,
+    one resource and at most one name merge their verbs; then sorted CompactStrings)."""
+    simple: dict[tuple[str, str, str | None], Rule] = {}
+    other: list[Rule] = []
+    for atom in atoms:
+        groups, resources = atom.get("apiGroups") or [], atom.get("resources") or []
+        names = atom.get("resourceNames") or []
+        if len(groups) == 1 and len(resources) == 1 and len(names) <= 1:
+            key = (groups[0], resources[0], names[0] if names else None)
+            if key in simple:
+                simple[key]["verbs"] = [*simple[key]["verbs"], *atom.get("verbs", [])]
+            else:
+                simple[key] = {**atom, "verbs": list(atom.get("verbs") or [])}
+        else:
+            other.append(atom)
+    return sorted({compact_rule(rule) for rule in [*other, *simple.values()]})
