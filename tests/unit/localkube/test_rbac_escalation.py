@@ -270,3 +270,28 @@ def test_subresource_wildcard_through_kubectl(dev: Kubectl, kubectl: Kubectl) ->
     _grant(kubectl, "logs", '{apiGroups: [""], resources: ["pods/*", "*/status"], verbs: [get]}')
     assert dev("auth", "can-i", "get", "pods", "--subresource=log").stdout.strip() == "no"
     assert dev("auth", "can-i", "get", "pods", "--subresource=status").stdout.strip() == "yes"
+
+
+def test_update_checks_the_whole_role_unless_only_gc_fields_change(
+    dev: Kubectl, kubectl: Kubectl
+) -> None:
+    # a Role the admin made, granting Secrets dev does not hold
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=_role("big", '[{apiGroups: [""], resources: [secrets], verbs: [get]}]'),
+        check=True,
+    )
+    # any other change is checked against every rule (a label too), PUT as PATCH
+    labelled = dev("label", "role", "big", "team=ml")
+    assert labelled.returncode != 0 and NOT_HELD in labelled.stderr, labelled.stderr
+    got = json.loads(kubectl("get", "role", "big", "-o", "json", check=True).stdout)
+    got["metadata"]["labels"] = {"team": "ml"}
+    replaced = dev("replace", "-f", "-", input=json.dumps(got))
+    assert replaced.returncode != 0 and NOT_HELD in replaced.stderr, replaced.stderr
+    # only finalizers/ownerReferences: not an escalation (IsOnlyMutatingGCFields)
+    gc_only = dev(
+        "patch", "role", "big", "--type=merge", "-p", '{"metadata":{"finalizers":["x/y"]}}'
+    )
+    assert gc_only.returncode == 0, gc_only.stderr
