@@ -126,6 +126,15 @@ def image_pull_waiting(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
+def config_error_waiting(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The engine container's waiting state when the kubelet cannot make its configuration
+    (``CreateContainerConfigError``: e.g. a Secret its environment names does not exist)."""
+    waiting = waiting_state(pod)
+    if waiting and waiting.get("reason") == "CreateContainerConfigError":
+        return waiting
+    return None
+
+
 def pod_pending(pod: Mapping[str, Any]) -> bool:
     """Not yet running (phase Pending, or no phase reported yet)."""
     return (pod.get("status") or {}).get("phase") in (None, "Pending")

@@ -1,7 +1,8 @@
 """Why a run cannot progress: pure classifiers of failures, read by :mod:`.status`.
 
 - :func:`classify_failed_job`: a Job that failed, from its condition and its pods;
-- :func:`pod_blocked`: a pod that cannot start (image pull, unschedulable past the deadline);
+- :func:`pod_blocked`: a pod that cannot start (image pull, a missing credentials Secret,
+  unschedulable past the deadline);
 - :func:`refusal_failure`: a child the API server refused to create (403, 422).
 
 Nothing here does I/O.
@@ -9,6 +10,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +18,9 @@ from typing import Any
 
 from kubequant_api.constants import ExitCode, Reason
 from kubequant_api.models import ModelOptimizationSpec
+from kubequant_operator.builders import referenced_secret_fields
 from kubequant_operator.children import (
+    config_error_waiting,
     engine_image,
     image_pull_waiting,
     job_condition,
@@ -31,6 +35,14 @@ from kubequant_operator.settings import Settings
 # HTTP statuses of a create that no retry of the same request can change by itself:
 # 403 (RBAC, escalation prevention, admission) and 422 (validation).
 REFUSAL_STATUSES = (403, 422)
+
+# The kubelet's words when a container's environment names a Secret it cannot read
+# (makeEnvironmentVariables in pkg/kubelet/kubelet_pods.go): the API's NotFound for the
+# Secret, or a missing key.
+_SECRET_NOT_FOUND = re.compile(r'secrets? "(?P<name>[^"]+)" not found')
+_SECRET_KEY_MISSING = re.compile(
+    r"couldn't find key (?P<key>\S+) in Secret (?P<ns>[^/\s]+)/(?P<name>\S+)", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,30 @@ def refusal_failure(refusal: ChildRefusal) -> FailureInfo:
         f"(HTTP {refusal.status}; retrying with backoff): "
     )
     return FailureInfo(reason, head + clip(refusal.message, MESSAGE_MAX - len(head) - 32))
+
+
+def missing_secret(
+    waiting: Mapping[str, Any], spec: ModelOptimizationSpec | None
+) -> FailureInfo | None:
+    """CredentialsMissing when a CreateContainerConfigError names a Secret, naming it and the
+    spec field it came from; None when the kubelet's message names no Secret."""
+    text = str(waiting.get("message") or "")
+    key: str | None = None
+    found = _SECRET_NOT_FOUND.search(text)
+    if found is None:
+        found = _SECRET_KEY_MISSING.search(text)
+        if found is None:
+            return None
+        key = found.group("key")
+    secret = found.group("name")
+    fields = [f for f, name in referenced_secret_fields(spec) if name == secret] if spec else []
+    where = " and ".join(fields) or "the engine's environment"
+    what = f"has no key {key}" if key else "not found"
+    message = (
+        f"{where}: Secret {secret!r} {what} (the engine pod waits with "
+        f"CreateContainerConfigError and starts once it exists): {text}"
+    )
+    return FailureInfo(Reason.CREDENTIALS_MISSING, clip(message))
 
 
 def classify_failed_job(
@@ -113,6 +149,10 @@ def classify_failed_job(
         waiting = image_pull_waiting(pod)
         if waiting is not None:
             return FailureInfo(Reason.IMAGE_PULL_BACK_OFF, clip(str(waiting.get("message", ""))))
+        config = config_error_waiting(pod)
+        credentials = missing_secret(config, spec) if config is not None else None
+        if credentials is not None:
+            return credentials
     return FailureInfo(
         Reason.ENGINE_FAILED,
         clip(cond_message or f"the Job failed ({cond_reason or 'no reason given'})"),
@@ -120,9 +160,13 @@ def classify_failed_job(
 
 
 def pod_blocked(
-    pods: Sequence[Mapping[str, Any]], s: Settings, now: datetime
+    pods: Sequence[Mapping[str, Any]],
+    s: Settings,
+    now: datetime,
+    spec: ModelOptimizationSpec | None = None,
 ) -> FailureInfo | None:
-    """ImagePullBackOff at once; Unschedulable once pending longer than the deadline."""
+    """ImagePullBackOff and CredentialsMissing (CreateContainerConfigError naming a Secret)
+    at once; Unschedulable once pending longer than the deadline."""
     for pod in reversed(sorted_pods(pods)):
         if not pod_pending(pod):
             continue
@@ -130,6 +174,10 @@ def pod_blocked(
         if waiting is not None:
             text = f"cannot pull engine image {engine_image(pod)!r}: {waiting.get('message', '')}"
             return FailureInfo(Reason.IMAGE_PULL_BACK_OFF, clip(text.strip()))
+        config = config_error_waiting(pod)
+        credentials = missing_secret(config, spec) if config is not None else None
+        if credentials is not None:
+            return credentials
         stuck = unschedulable(pod)
         if stuck is not None:
             since, why = stuck

@@ -5,9 +5,9 @@ with bodies as plain dicts (no generated client models: less CPU and memory at s
 Address and credentials come from :mod:`kubequant_operator.access`, which also feeds kopf's
 login, so both talk to the same server as the same identity.
 
-Secrets are only ever checked for existence: a GET that asks for ``PartialObjectMetadata``
-(metadata only) and whose body is discarded unread. The operator needs only ``get`` on
-secrets, never ``list`` or ``watch``.
+The operator makes no request on Secrets at all (the chart grants it none): a credentials
+Secret reaches the engine pod through ``envFrom``, and a missing one shows in the pod's status.
+Existence checks (PVCs) ask for ``PartialObjectMetadata`` and discard the body unread.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ class Kube:
         return True
 
     async def exists(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """Existence only: asks for metadata alone and never reads the body (Secrets!)."""
+        """Existence only: asks for metadata alone and never reads the body."""
         try:
             await self.request(
                 "GET",

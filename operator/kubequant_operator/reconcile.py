@@ -323,14 +323,9 @@ class Reconciler:
     async def _missing_references(
         self, namespace: str, spec: ModelOptimizationSpec
     ) -> Blocker | None:
-        """Secrets and PVCs the spec names must exist (existence only; data never read)."""
-        for fld, secret in builders.referenced_secret_fields(spec):
-            if not await self.kube.exists("v1", "Secret", namespace, secret):
-                return Blocker(
-                    Reason.CREDENTIALS_MISSING,
-                    f"{fld}: Secret {secret!r} not found in namespace {namespace}",
-                    terminal=False,
-                )
+        """PVCs the spec names must exist. Secrets are not checked (the operator holds no
+        Secret permission): a missing one shows as the engine pod's CreateContainerConfigError,
+        which :func:`.failures.pod_blocked` reports as CredentialsMissing."""
         for fld, claim in builders.referenced_claim_fields(spec):
             if not await self.kube.exists("v1", "PersistentVolumeClaim", namespace, claim):
                 return Blocker(

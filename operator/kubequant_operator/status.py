@@ -65,7 +65,7 @@ def rfc3339(when: datetime) -> str:
 
 @dataclass(frozen=True)
 class Blocker:
-    """Why no Job runs for this generation (invalid spec, missing Secret or PVC)."""
+    """Why no Job runs for this generation (invalid spec, missing PVC)."""
 
     reason: Reason
     message: str
@@ -225,7 +225,7 @@ def _job_state(
             return State(Phase.PENDING, Reason.QUEUED, message, reconciling=True, suspended=True)
         message = "the Job is suspended"
         return State(Phase.PENDING, Reason.SUSPENDED, message, reconciling=True, suspended=True)
-    blocked = pod_blocked(pods, s, now)
+    blocked = pod_blocked(pods, s, now, spec)
     if blocked is not None:
         return _stalled(Phase.PENDING, blocked, f"{blocked.reason}: {blocked.message}")
     name = job_name(job)

@@ -93,11 +93,11 @@ compares them with the calls recorded by the local control plane.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "create", "delete"]
-# Existence checks only: `get` (metadata only) answers whether a credentials Secret or a PVC
-# named in a spec exists. No list or watch, so Secrets cannot be enumerated; the operator
-# never reads their data (the kubelet hands the Secret to the engine pod through envFrom).
+# Existence checks only: `get` (metadata only) answers whether a PVC named in a spec exists.
+# No permission at all on Secrets: the kubelet hands a credentials Secret to the engine pod
+# through envFrom, and a missing one shows in the pod's status (CreateContainerConfigError).
 - apiGroups: [""]
-  resources: ["secrets", "persistentvolumeclaims"]
+  resources: ["persistentvolumeclaims"]
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]

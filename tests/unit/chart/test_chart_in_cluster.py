@@ -73,6 +73,24 @@ class Objects:
         )
         return found
 
+    async def wait_stalled(
+        self, ns: str, name: str, reason: str, timeout: float = 30
+    ) -> dict[str, Any]:
+        """The Stalled condition once it is True with ``reason``."""
+        deadline = time.monotonic() + timeout
+        obj: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            obj = self.mopt(ns, name)
+            for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+                if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
+                    "Stalled",
+                    "True",
+                    reason,
+                ):
+                    return dict(cond)
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{ns}/{name} not Stalled with {reason}: {obj}")
+
     async def wait_ready(self, ns: str, name: str, generation: int, timeout: float = 40) -> Any:
         deadline = time.monotonic() + timeout
         obj: dict[str, Any] | None = None
@@ -157,16 +175,14 @@ async def _healthz(port: int, timeout: float = 15.0) -> int:
 
 
 async def _run_scenario(cluster: Any, settings: Any, ns: str) -> dict[str, Any]:
-    """Secret + PVC + object -> Ready; spec edit while running -> old Job stopped -> Ready."""
+    """PVC + object naming a missing Secret -> Stalled CredentialsMissing (learned from the
+    pod: the chart grants no Secret permission) -> Secret created -> Running; spec edit while
+    running -> old Job stopped -> Ready."""
     from kubequant_localkube.jobs import Outcome
     from kubequant_operator.kube import Kube
     from tests.fixtures.operator import OperatorHarness, make_object, summary_for
 
     objects = Objects(cluster)
-    objects.create(SECRETS, ns, {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": ns},
-        "stringData": {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"},
-    })  # fmt: skip
     objects.create(PVCS, ns, {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "models", "namespace": ns},
@@ -190,6 +206,14 @@ async def _run_scenario(cluster: Any, settings: Any, ns: str) -> dict[str, Any]:
         body["spec"]["model"]["credentialsSecret"] = "s3-creds"
         body["metadata"] = {"name": "minilm", "namespace": ns}
         objects.create(MOPTS, ns, body)
+        stalled = await objects.wait_stalled(ns, "minilm", "CredentialsMissing")
+        assert "spec.model.credentialsSecret" in stalled["message"]
+        assert "'s3-creds'" in stalled["message"]
+        objects.create(SECRETS, ns, {
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s3-creds", "namespace": ns},
+            "stringData": {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"},
+        })  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             status = (objects.mopt(ns, "minilm") or {}).get("status") or {}
@@ -257,6 +281,7 @@ def test_chart_applies_and_operator_with_rendered_settings_reaches_ready_cluster
     unused = granted - used
     assert not missing, f"the operator made calls the chart does not grant: {sorted(missing)}"
     assert not unused, f"the chart grants what the operator never used: {sorted(unused)}"
+    assert not {r for r in used | granted if r[1] == "secrets"}, "no Secret permission at all"
 
 
 def test_chart_namespaced_rbac_covers_the_operator_in_its_namespace(

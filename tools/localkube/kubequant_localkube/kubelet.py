@@ -17,7 +17,7 @@ from pathlib import Path
 from kubequant_localkube.jobmodel import patch_job_status, patch_pod_status, ts
 from kubequant_localkube.objects import Obj
 from kubequant_localkube.outcomes import TERMINATION_MESSAGE_LIMIT, Outcome, PodResult, log_tail
-from kubequant_localkube.podenv import StateDirs
+from kubequant_localkube.podenv import StateDirs, config_error
 from kubequant_localkube.processes import EnvBuilder, ProcessRunner
 from kubequant_localkube.store import Store
 
@@ -38,10 +38,13 @@ class Kubelet:
         pod_logs: dict[PodKey, str] | None = None,
         pod_start_delay: float = 0.05,
         process_cwd: Path | None = None,
+        config_retry_seconds: float = 0.2,
     ) -> None:
         self.store = store
         self.pod_logs = pod_logs  # the emulator's, served at .../pods/<name>/log
         self.pod_start_delay = pod_start_delay
+        # how often a container waiting in CreateContainerConfigError is retried
+        self.config_retry_seconds = config_retry_seconds
         self.processes = ProcessRunner(self, dirs=dirs, env=env, cwd=process_cwd or Path.cwd())
         self._deleted_pods: set[PodKey] = set()
         self._pod_events: dict[PodKey, asyncio.Event] = {}
@@ -120,6 +123,8 @@ class Kubelet:
             )
             await self.wait_pod_deleted(ns, pod, None)
             return PodResult(137, "Error", "", killed=True)
+        if not await self.wait_config(job, ns, pod):
+            return PodResult(137, "Error", "", killed=True)
         started = ts()
         self.set_running(job, ns, pod, started)
         if await self.wait_pod_deleted(ns, pod, outcome.duration):
@@ -135,6 +140,33 @@ class Kubelet:
         )
         self.set_terminated(job, ns, pod, started, result)
         return result
+
+    async def wait_config(self, job: Obj, ns: str, pod: str) -> bool:
+        """Until the containers' Secrets/ConfigMaps (and keys) exist: waiting with reason
+        CreateContainerConfigError and the kubelet's message, retried every
+        ``config_retry_seconds``. False when the pod was deleted meanwhile."""
+        told: str | None = None
+        while True:
+            if self.pod_gone(ns, pod):
+                return False
+            current = self.store.try_get(self.store.resource("", "v1", "pods"), ns, pod)
+            if current is None:
+                return False
+            containers = list((current.get("spec") or {}).get("containers") or [])
+            problem = config_error(self.store, ns, containers)
+            if problem is None:
+                return True
+            if problem != told:
+                log.info(
+                    "pod waiting: CreateContainerConfigError",
+                    extra={"component": "localkube", "namespace": ns, "pod": pod},
+                )
+                self.set_waiting(
+                    job, ns, pod, "CreateContainerConfigError", problem, scheduled=True
+                )
+                told = problem
+            if await self.wait_pod_deleted(ns, pod, self.config_retry_seconds):
+                return False
 
     # ------------------------------------------------------------------ pod status
     def set_status(self, ns: str, pod: str, status: Obj) -> None:

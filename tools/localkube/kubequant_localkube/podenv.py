@@ -129,7 +129,10 @@ def container_env(
                 if ref["key"] in data:
                     env[name] = data[ref["key"]]
                 elif not ref.get("optional"):
-                    raise errors.ApiError(404, f"couldn't find key {ref['key']} in {ref['name']}")
+                    kind = "Secret" if "secretKeyRef" in vf else "ConfigMap"
+                    raise errors.ApiError(
+                        404, f"couldn't find key {ref['key']} in {kind} {ns}/{ref['name']}"
+                    )
             elif "fieldRef" in vf:
                 env[name] = ""
     for k, v in list(env.items()):
@@ -145,6 +148,35 @@ def container_env(
     elif kubeconfig_path is not None:
         env["KUBECONFIG"] = str(kubeconfig_path)
     return env
+
+
+def config_error(store: Store, ns: str, containers: list[Obj]) -> str | None:
+    """Why the kubelet cannot make the containers' environment, as it words it, or None.
+
+    A Secret or ConfigMap named by ``envFrom`` or ``env[].valueFrom`` that does not exist, or
+    a key it lacks, unless ``optional``: the real kubelet (``makeEnvironmentVariables`` in
+    ``pkg/kubelet/kubelet_pods.go``) then leaves the container waiting with reason
+    ``CreateContainerConfigError`` and retries on its next sync."""
+    for container in containers:
+        try:
+            for src in container.get("envFrom") or []:
+                source_data(store, ns, src.get("secretRef"), src.get("configMapRef"))
+            for item in container.get("env") or []:
+                vf = item.get("valueFrom") or {}
+                ref = vf.get("secretKeyRef") or vf.get("configMapKeyRef")
+                if not ref:
+                    continue
+                is_secret = "secretKeyRef" in vf
+                named = {"name": ref["name"], "optional": ref.get("optional")}
+                data = source_data(
+                    store, ns, named if is_secret else None, None if is_secret else named
+                )
+                if ref["key"] not in data and not ref.get("optional"):
+                    kind = "Secret" if is_secret else "ConfigMap"
+                    return f"couldn't find key {ref['key']} in {kind} {ns}/{ref['name']}"
+        except errors.ApiError as exc:
+            return exc.message
+    return None
 
 
 def source_data(

@@ -49,6 +49,8 @@ class ProcessRunner:
             kubelet.set_terminated(job, ns, pod, ts(), result)
             return result
         container = containers[0]
+        if not await kubelet.wait_config(job, ns, pod):
+            return PodResult(137, "Error", "", killed=True)
         pdir = self.dirs.pod(ns, pod)
         mounts = podenv.mounts(store, self.dirs, ns, spec, container, pdir=pdir)
         term_path = container.get("terminationMessagePath") or "/dev/termination-log"
@@ -64,9 +66,9 @@ class ProcessRunner:
                 pod_dir=pdir,
                 service_account=spec.get("serviceAccountName"),
             )
-        except errors.ApiError as exc:
+        except errors.ApiError as exc:  # the Secret went between the check and here
             kubelet.set_waiting(
-                job, ns, pod, "CreateContainerConfigError", exc.message, scheduled=False
+                job, ns, pod, "CreateContainerConfigError", exc.message, scheduled=True
             )
             await kubelet.wait_pod_deleted(ns, pod, None)
             return PodResult(137, "Error", "", killed=True)
