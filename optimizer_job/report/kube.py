@@ -47,22 +47,6 @@ class KubeApiError(KubequantError):
     """The Kubernetes API could not be reached or refused a request (retryable)."""
 
 
-def _bearer_token_fix(configuration: Any) -> Any:
-    """kubernetes 36.0.0 stores the token under 'authorization' but sends 'BearerToken'.
-
-    Upstream kubernetes-client/python#2582: without this, every in-cluster request is
-    anonymous (401). Copy the token where the client looks for it.
-    """
-    keys = getattr(configuration, "api_key", None)
-    if isinstance(keys, dict) and "authorization" in keys and "BearerToken" not in keys:
-        token = str(keys["authorization"])
-        keys["BearerToken"] = token.removeprefix("Bearer ").strip()
-        prefixes = getattr(configuration, "api_key_prefix", None)
-        if isinstance(prefixes, dict):
-            prefixes.setdefault("BearerToken", "Bearer")
-    return configuration
-
-
 def in_cluster() -> bool:
     """Whether this process runs in a pod (the kubelet sets ``KUBERNETES_SERVICE_HOST``).
 
@@ -85,12 +69,10 @@ def api_client() -> Any:
         if in_cluster():
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            return client.ApiClient(_bearer_token_fix(configuration))
-        api = config.new_client_from_config(
+            return client.ApiClient(configuration)
+        return config.new_client_from_config(
             config_file=os.environ.get(ENV_KUBECONFIG) or None, persist_config=False
         )
-        _bearer_token_fix(api.configuration)
-        return api
     except (ConfigException, OSError, ValueError, TypeError) as exc:
         where = "in-cluster" if in_cluster() else "KUBECONFIG"
         raise KubeApiError(
