@@ -9,6 +9,7 @@ from typing import Any
 import celpy
 import pytest
 import yaml
+from celpy.adapter import json_to_cel
 
 from kubequant_api import crd as crdgen
 from kubequant_api.errors import InvalidSpecError
@@ -88,7 +89,7 @@ def _cel_verdicts(spec: dict[str, Any]) -> list[str]:
     def run(rules: list[dict[str, str]], obj: dict[str, Any]) -> None:
         for rule in rules:
             program = env.program(env.compile(rule["rule"]))
-            if not bool(program.evaluate({"self": celpy.json_to_cel(obj)})):
+            if not bool(program.evaluate({"self": json_to_cel(obj)})):
                 failed.append(rule["message"])
 
     spec = _typed(spec, schema)

@@ -432,7 +432,7 @@ def test_pod_identity_url_token_and_rbac(crd_cluster: LocalCluster) -> None:
 def test_builtin_kinds_validated_when_asked(crd_cluster: LocalCluster) -> None:
     crd_cluster.store.validate_builtins = True
     batch = kubernetes.client.BatchV1Api(api(crd_cluster))
-    job = {
+    job: dict[str, Any] = {
         "metadata": {"name": "j"},
         "spec": {
             "template": {
