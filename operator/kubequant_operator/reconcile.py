@@ -125,8 +125,17 @@ class Reconciler:
             except KubeError as exc:
                 if exc.conflict:
                     continue  # the object changed under us: read it again
+                if exc.not_found and await self._gone(namespace, name):
+                    # Deleted while we worked (e.g. the status patch): nothing is left to do.
+                    self.metrics.index.forget(namespace, name)
+                    return None
                 raise ReconcileError(f"{namespace}/{name}: {exc}") from exc
         raise ReconcileError(f"{namespace}/{name}: status kept conflicting; retrying later")
+
+    async def _gone(self, namespace: str, name: str) -> bool:
+        """True when the object no longer exists or is being deleted."""
+        obj = await self.kube.get_object(namespace, name)
+        return obj is None or bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
     async def _reconcile_once(self, namespace: str, name: str) -> ReconcileOutcome | None:
         obj = await self.kube.get_object(namespace, name)
