@@ -187,9 +187,7 @@ def test_service_ports_merge_by_port_and_custom_resources_replace_lists() -> Non
 
 def test_patches_over_http(crd_cluster: LocalCluster) -> None:
     kubeconfig = str(crd_cluster.kubeconfig_path)
-    client = kubernetes.config.new_client_from_config(
-        config_file=kubeconfig
-    )
+    client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
     core = kubernetes.client.CoreV1Api(client)
     meta = kubernetes.client.V1ObjectMeta(name="cm", finalizers=["a/x"])
     core.create_namespaced_config_map("default", kubernetes.client.V1ConfigMap(metadata=meta))
