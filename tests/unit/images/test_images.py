@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.tools import REPO_ROOT
+from tests.fixtures.tools import REPO_ROOT, top_level_imports
 from tests.unit.chart.render import CHART, helm
 from tests.unit.gitops.test_examples import yamllint
 
@@ -205,19 +205,6 @@ def test_ci_workflow() -> None:
     assert any(":v1.29." in n for n in nodes)
 
 
-def _imports(package_dir: Path) -> set[str]:
-    import ast
-
-    found: set[str] = set()
-    for path in package_dir.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                found.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module.split(".")[0])
-    return found
-
-
 def test_operator_image_contains_everything_the_operator_imports() -> None:
     """The operator image installs only kubequant_api, kubequant_operator and the operator
     extras: an import of anything else (the engine, torch) would crash the image at start."""
@@ -235,12 +222,12 @@ def test_operator_image_contains_everything_the_operator_imports() -> None:
         "pydantic_settings",  # a base dependency (the settings loader in kubequant_api)
         "yaml",
     }
-    used = _imports(REPO_ROOT / "operator" / "kubequant_operator")
-    used |= _imports(REPO_ROOT / "kubequant_api")
+    used = top_level_imports(REPO_ROOT / "operator" / "kubequant_operator")
+    used |= top_level_imports(REPO_ROOT / "kubequant_api")
     assert "kopf" in used
     assert not used - allowed, f"not in the operator image: {sorted(used - allowed)}"
 
 
 def test_engine_image_does_not_need_the_operator() -> None:
-    used = _imports(REPO_ROOT / "optimizer_job")
+    used = top_level_imports(REPO_ROOT / "optimizer_job")
     assert not used & {"kopf", "kubequant_operator", "kubequant_localkube"}, sorted(used)

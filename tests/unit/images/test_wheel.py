@@ -3,14 +3,13 @@ control plane (a development tool in tools/localkube, a distribution of its own)
 
 from __future__ import annotations
 
-import ast
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from setuptools import find_namespace_packages  # type: ignore[import-untyped]
 
-from tests.fixtures.tools import REPO_ROOT
+from tests.fixtures.tools import REPO_ROOT, top_level_imports
 
 LOCALKUBE = REPO_ROOT / "tools" / "localkube"
 
@@ -28,17 +27,6 @@ def _packages(project: Path) -> set[str]:
                 exclude=find.get("exclude", []),
             )
         )
-    return found
-
-
-def _top_level_imports(package_dir: Path) -> set[str]:
-    found: set[str] = set()
-    for path in package_dir.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                found.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module.split(".")[0])
     return found
 
 
@@ -65,6 +53,6 @@ def test_local_control_plane_is_its_own_distribution() -> None:
 
 
 def test_local_control_plane_imports_neither_the_operator_nor_the_engine() -> None:
-    used = _top_level_imports(LOCALKUBE / "kubequant_localkube")
+    used = top_level_imports(LOCALKUBE / "kubequant_localkube")
     assert "aiohttp" in used
     assert not used & {"kopf", "kubequant_operator", "optimizer_job", "torch", "kmock"}, used
