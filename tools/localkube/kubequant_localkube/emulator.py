@@ -47,6 +47,19 @@ _IDENTITY: contextvars.ContextVar[authz.UserInfo] = contextvars.ContextVar(
 )
 _RBAC_KINDS = ("roles", "clusterroles", "rolebindings", "clusterrolebindings")
 
+# Patch content types the server applies (apply-patch+cbor and anything else: 415).
+PATCH_KINDS = {
+    "application/merge-patch+json": "merge",
+    "application/strategic-merge-patch+json": "strategic",
+    "application/json-patch+json": "json",
+    "application/apply-patch+yaml": "apply",
+}
+
+
+def patch_kind(raw: aiohttp.web.BaseRequest) -> str | None:
+    """merge, strategic, json or apply for a PATCH's Content-Type; None when unsupported."""
+    return PATCH_KINDS.get(raw.headers.get("Content-Type", JSON).split(";")[0].strip())
+
 
 @dataclasses.dataclass(kw_only=True, eq=False)
 class LocalKubeEmulator:
@@ -300,15 +313,9 @@ class LocalKubeEmulator:
             )
             return json_response(obj, warnings=warnings)
         if verb == "patch":
-            ctype = raw.headers.get("Content-Type", JSON).split(";")[0].strip()
-            patch_type = {
-                "application/merge-patch+json": "merge",
-                "application/strategic-merge-patch+json": "strategic",
-                "application/json-patch+json": "json",
-                "application/apply-patch+yaml": "apply",
-                "application/apply-patch+cbor": "unsupported",
-            }.get(ctype, "unsupported")
-            if patch_type == "unsupported":
+            patch_type = patch_kind(raw)
+            if patch_type is None:
+                ctype = raw.headers.get("Content-Type", JSON).split(";")[0].strip()
                 raise errors.ApiError(
                     415,
                     f"the body of the request was in an unknown format ({ctype}) - accepted media "
@@ -398,13 +405,7 @@ class LocalKubeEmulator:
         res = self.store.resource(rp.group, rp.version, rp.plural)
         old = self.store.try_get(res, ns, rp.name) if rp.name else None
         if raw.method.upper() == "PATCH":
-            ctype = raw.headers.get("Content-Type", JSON).split(";")[0].strip()
-            kind = {
-                "application/merge-patch+json": "merge",
-                "application/strategic-merge-patch+json": "strategic",
-                "application/json-patch+json": "json",
-                "application/apply-patch+yaml": "apply",
-            }.get(ctype)
+            kind = patch_kind(raw)
             if kind is None:
                 return  # refused as an unsupported patch below
             patch = read_body(body, raw, yaml_ok=kind == "apply", any_json=True)
