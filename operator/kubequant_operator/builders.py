@@ -458,6 +458,13 @@ def generation_of_child(child: Mapping[str, Any]) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def controlled_by(child: Mapping[str, Any], uid: str) -> bool:
+    """True when ``child``'s controller ownerReference is the object with ``uid``: labels can
+    be set by anyone, the controller reference is what kubequant wrote."""
+    refs = (child.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") and r.get("uid") == uid for r in refs)
+
+
 def owner_of_child(child: Mapping[str, Any]) -> str | None:
     """The owning object's name: annotation, else controller ownerReference, else label."""
     meta = child.get("metadata") or {}

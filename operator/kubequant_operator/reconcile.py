@@ -246,8 +246,13 @@ class Reconciler:
         for account in accounts:
             child = str(account["metadata"]["name"])
             child_generation = builders.generation_of_child(account)
-            if child_generation is None or child_generation >= generation or child in live_jobs:
-                continue
+            if (
+                child_generation is None
+                or child_generation >= generation
+                or child in live_jobs
+                or not builders.controlled_by(account, uid)
+            ):
+                continue  # not an older run's identity made by kubequant for this object
             for api_version, kind in RUN_IDENTITY_KINDS:
                 await self.kube.delete(api_version, kind, namespace, child)
             log.info(
