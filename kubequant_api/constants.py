@@ -85,6 +85,13 @@ class Reason(StrEnum):
     FORBIDDEN = "Forbidden"
     INVALID_JOB_SPEC = "InvalidJobSpec"
     INVALID_CHILD_SPEC = "InvalidChildSpec"
+    # The Job controller cannot create the engine's pod (its FailedCreate events): the
+    # PriorityClass named by spec.resources.priorityClassName does not exist, a ResourceQuota
+    # is exhausted, Pod Security admission refuses the pod, or another refusal.
+    PRIORITY_CLASS_NOT_FOUND = "PriorityClassNotFound"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    POD_SECURITY_VIOLATION = "PodSecurityViolation"
+    POD_CREATE_FORBIDDEN = "PodCreateForbidden"
 
 
 STALLED_REASONS: Final = (
@@ -100,6 +107,10 @@ STALLED_REASONS: Final = (
     Reason.FORBIDDEN,
     Reason.INVALID_JOB_SPEC,
     Reason.INVALID_CHILD_SPEC,
+    Reason.PRIORITY_CLASS_NOT_FOUND,
+    Reason.QUOTA_EXCEEDED,
+    Reason.POD_SECURITY_VIOLATION,
+    Reason.POD_CREATE_FORBIDDEN,
 )
 
 

@@ -43,6 +43,7 @@ from kubequant_api.models import ModelOptimizationSpec
 from kubequant_operator.settings import Settings
 
 CONTAINER_NAME = "engine"
+OOM_EXIT_CODE = 137  # 128 + SIGKILL: how the kernel's OOM killer ends the engine
 ENGINE_COMMAND = ["python", "-m", "optimizer_job", "run-in-cluster"]
 ENGINE_UID = 65532
 WORK_DIR = "/scratch"
@@ -411,6 +412,17 @@ def build_job(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) 
                 {
                     "action": "Ignore",
                     "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+                # OOMKilled (128 + SIGKILL): a retry at the same memory limit fails the same
+                # way. After the Ignore rule (first match wins), so an eviction or preemption
+                # that kills the engine is still retried.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER_NAME,
+                        "operator": "In",
+                        "values": [OOM_EXIT_CODE],
+                    },
                 },
             ]
         },

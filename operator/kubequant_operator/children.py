@@ -157,3 +157,53 @@ def unschedulable(pod: Mapping[str, Any]) -> tuple[datetime | None, str] | None:
 
 def pod_running(pods: Sequence[Mapping[str, Any]]) -> bool:
     return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
+
+
+def pod_finished(pod: Mapping[str, Any]) -> bool:
+    """The pod ended (phase Succeeded or Failed): it no longer counts as the Job's live pod."""
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def pod_has_condition(pod: Mapping[str, Any], ctype: str) -> bool:
+    """The pod carries condition ``ctype`` with status True (e.g. DisruptionTarget)."""
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == ctype and c.get("status") == "True" for c in conds)
+
+
+def engine_limit(pod: Mapping[str, Any] | None, job: Mapping[str, Any] | None) -> str | None:
+    """The engine container's memory limit: from the pod, else from the Job's pod template."""
+    specs = [(pod or {}).get("spec") or {}]
+    specs.append((((job or {}).get("spec") or {}).get("template") or {}).get("spec") or {})
+    for pod_spec in specs:
+        for c in pod_spec.get("containers") or []:
+            if c.get("name") == CONTAINER_NAME:
+                limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+                if limit:
+                    return str(limit)
+    return None
+
+
+def awaits_pods(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
+    """The Job runs (not finished, not suspended) and has no live pod: it is creating one,
+    or cannot (the Job controller then records ``FailedCreate`` events on the Job)."""
+    if job_finished(job) is not None or job_suspended(job):
+        return False
+    return all(pod_finished(p) for p in pods)
+
+
+# --------------------------------------------------------------------------- events
+
+
+def event_time(event: Mapping[str, Any]) -> datetime | None:
+    """When an Event was last seen: its series, lastTimestamp, eventTime, or creation time."""
+    series = event.get("series") or {}
+    for value in (
+        series.get("lastObservedTime"),
+        event.get("lastTimestamp"),
+        event.get("eventTime"),
+        (event.get("metadata") or {}).get("creationTimestamp"),
+    ):
+        when = parse_time(value)
+        if when is not None:
+            return when
+    return None

@@ -3,7 +3,12 @@
 - :func:`classify_failed_job`: a Job that failed, from its condition and its pods;
 - :func:`pod_blocked`: a pod that cannot start (image pull, a missing credentials Secret,
   unschedulable past the deadline);
-- :func:`refusal_failure`: a child the API server refused to create (403, 422).
+- :func:`refusal_failure`: a child the API server refused to create (403, 422);
+- :func:`pod_create_refused`: the Job controller cannot create the engine's pod (the Job's
+  ``FailedCreate`` events: a missing PriorityClass, an exhausted quota, Pod Security...);
+- :func:`oom_failure` / :func:`oom_failing_job`: the engine was OOMKilled, naming the memory
+  limit on its container and the preflight's estimate; reported as soon as the pod failed when
+  the Job's podFailurePolicy fails the Job on it (:func:`pod_failure_action`).
 
 Nothing here does I/O.
 """
@@ -18,12 +23,19 @@ from typing import Any
 
 from kubequant_api.constants import ExitCode, Reason
 from kubequant_api.models import ModelOptimizationSpec
-from kubequant_operator.builders import referenced_secret_fields
+from kubequant_operator.builders import OOM_EXIT_CODE, referenced_secret_fields
 from kubequant_operator.children import (
+    awaits_pods,
     config_error_waiting,
     engine_image,
+    engine_limit,
+    engine_status,
+    event_time,
     image_pull_waiting,
     job_condition,
+    job_name,
+    parse_time,
+    pod_has_condition,
     pod_pending,
     sorted_pods,
     terminated_state,
@@ -43,6 +55,19 @@ _SECRET_NOT_FOUND = re.compile(r'secrets? "(?P<name>[^"]+)" not found')
 _SECRET_KEY_MISSING = re.compile(
     r"couldn't find key (?P<key>\S+) in Secret (?P<ns>[^/\s]+)/(?P<name>\S+)", re.IGNORECASE
 )
+
+# The Job controller's event when it cannot create a pod (FailedCreatePodReason in
+# pkg/controller/controller_utils.go; message "Error creating: <the API server's error>").
+FAILED_CREATE = "FailedCreate"
+# Admission's words (NewForbidden: 'pods "x-" is forbidden: <cause>'): the priority plugin,
+# the ResourceQuota evaluator and Pod Security admission.
+_PRIORITY_CLASS = re.compile(r"no PriorityClass with name (?P<name>\S+) was found", re.I)
+_QUOTA = re.compile(r"exceeded quota: (?P<name>[^,\s]+)", re.I)
+_POD_SECURITY = re.compile(r'violates PodSecurity "(?P<level>[^"]+)"', re.I)
+# A refusal that only a change elsewhere ends (admission, a webhook, validation); other
+# errors (timeouts, a terminating namespace) are transient and the Job controller's retry
+# alone ends them.
+_REFUSED = re.compile(r"is forbidden:|denied the request|is invalid:", re.I)
 
 
 @dataclass(frozen=True)
@@ -107,10 +132,196 @@ def missing_secret(
     return FailureInfo(Reason.CREDENTIALS_MISSING, clip(message))
 
 
-def classify_failed_job(
-    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], spec: ModelOptimizationSpec | None
+def pod_create_reason(message: str) -> Reason | None:
+    """The class of a pod create the API server refused (None: not a refusal, e.g. a timeout)."""
+    if _PRIORITY_CLASS.search(message):
+        return Reason.PRIORITY_CLASS_NOT_FOUND
+    if _QUOTA.search(message):
+        return Reason.QUOTA_EXCEEDED
+    if _POD_SECURITY.search(message):
+        return Reason.POD_SECURITY_VIOLATION
+    if _REFUSED.search(message):
+        return Reason.POD_CREATE_FORBIDDEN
+    return None
+
+
+def _pod_create_hint(reason: Reason, message: str, namespace: str) -> str:
+    if reason == Reason.PRIORITY_CLASS_NOT_FOUND:
+        found = _PRIORITY_CLASS.search(message)
+        name = found.group("name") if found else "?"
+        return f"spec.resources.priorityClassName: PriorityClass {name!r} not found"
+    if reason == Reason.QUOTA_EXCEEDED:
+        found = _QUOTA.search(message)
+        name = found.group("name") if found else "?"
+        return f"ResourceQuota {name!r} in namespace {namespace} has no room for the engine's pod"
+    if reason == Reason.POD_SECURITY_VIOLATION:
+        found = _POD_SECURITY.search(message)
+        level = found.group("level") if found else "?"
+        return f"Pod Security admission ({level}) of namespace {namespace} refuses the engine's pod"
+    return "the API server refuses the engine's pod"
+
+
+def pod_create_refused(
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+) -> FailureInfo | None:
+    """Why the Job controller cannot create the engine's pod, from the Job's FailedCreate
+    events; None while the Job has a live pod, or the latest refusal is older than its newest
+    pod, or is not a refusal at all (a transient error the controller's retry ends)."""
+    if not awaits_pods(job, pods):
+        return None
+    meta = job.get("metadata") or {}
+    uid = meta.get("uid")
+    newest_pod = max(
+        (
+            t
+            for t in (parse_time((p.get("metadata") or {}).get("creationTimestamp")) for p in pods)
+            if t is not None
+        ),
+        default=None,
+    )
+    latest: Mapping[str, Any] | None = None
+    latest_at: datetime | None = None
+    for event in events:
+        involved = event.get("involvedObject") or {}
+        if event.get("reason") != FAILED_CREATE or (uid and involved.get("uid") != uid):
+            continue
+        when = event_time(event)
+        if newest_pod is not None and (when is None or when <= newest_pod):
+            continue  # a refusal from before the newest pod was made: since overcome
+        if latest is None or (when is not None and (latest_at is None or when >= latest_at)):
+            latest, latest_at = event, when
+    if latest is None:
+        return None
+    text = str(latest.get("message") or "")
+    reason = pod_create_reason(text)
+    if reason is None:
+        return None
+    namespace = str(meta.get("namespace") or "")
+    head = (
+        f"{_pod_create_hint(reason, text, namespace)} (the Job controller retries Job "
+        f"{job_name(job)}; the run goes on once the cause is fixed): "
+    )
+    return FailureInfo(reason, head + clip(text, MESSAGE_MAX - len(head) - 32))
+
+
+# --------------------------------------------------------------------------- OOMKilled
+
+
+def _same_source(planned: str, uri: str) -> bool:
+    """Whether the plan's (redacted) source URI is the spec's model URI."""
+    bare = uri.split("?", 1)[0]
+    return planned == bare or planned == re.sub(r"^([A-Za-z0-9+.-]+://)[^/\s@]+@", r"\1***@", bare)
+
+
+def _human_bytes(n: int) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{max(n / 2**20, 0.1):.1f} MiB"
+
+
+def preflight_estimate(
+    status: Mapping[str, Any] | None, spec: ModelOptimizationSpec | None
+) -> str | None:
+    """The preflight's peak-memory estimate for this spec's method and model, from the plan of
+    a dry run in ``status.result.plan`` (None when there is none for this model)."""
+    result = (status or {}).get("result") or {}
+    plan = result.get("plan") if isinstance(result, Mapping) else None
+    if not isinstance(plan, Mapping) or spec is None:
+        return None
+    source = str((plan.get("source") or {}).get("uri") or "")
+    if not source or not _same_source(source, spec.model.uri):
+        return None
+    method = str(spec.method)
+    estimate = plan.get("estimatedPeakMemoryBytes")
+    for row in plan.get("candidates") or []:
+        if isinstance(row, Mapping) and row.get("method") == method:
+            estimate = row.get("estimatedPeakMemoryBytes")
+    if not isinstance(estimate, int | float) or estimate <= 0:
+        return None
+    return f"preflight estimate {_human_bytes(int(estimate))} for {method} on {source}"
+
+
+def oom_failure(
+    pod: Mapping[str, Any] | None,
+    job: Mapping[str, Any] | None,
+    spec: ModelOptimizationSpec | None,
+    status: Mapping[str, Any] | None,
+    exit_code: int | None = None,
 ) -> FailureInfo:
-    """Why a Job failed, from its Failed condition and its pods' last container states."""
+    """OOMKilled naming the memory limit on the engine container and the preflight estimate."""
+    limit = engine_limit(pod, job) or (spec.resources.memory if spec is not None else None)
+    at = f"at the memory limit {limit}" if limit else "at its memory limit"
+    estimate = preflight_estimate(status, spec) or (
+        "no preflight estimate: a run with spec.dryRun reports one in status.result.plan"
+    )
+    text = f"the engine was OOMKilled {at} ({estimate}); raise spec.resources.memory"
+    return FailureInfo(Reason.OOM_KILLED, clip(text), exit_code or OOM_EXIT_CODE)
+
+
+def pod_failure_action(job: Mapping[str, Any], pod: Mapping[str, Any]) -> str:
+    """What the Job's podFailurePolicy does with a failed pod: FailJob, Ignore or Count.
+
+    As the Job controller (matchPodFailurePolicy in pkg/controller/job/pod_failure_policy.go):
+    rules in order, the first match wins; onExitCodes matches a terminated container (the named
+    one, or any) with a non-zero code, onPodConditions a condition with that type and status."""
+    policy = (job.get("spec") or {}).get("podFailurePolicy") or {}
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for rule in policy.get("rules") or []:
+        action = str(rule.get("action") or "Count")
+        codes = rule.get("onExitCodes")
+        if codes is not None:
+            values = {int(v) for v in codes.get("values") or []}
+            wanted = codes.get("containerName")
+            for cs in statuses:
+                term = (cs.get("state") or {}).get("terminated") or {}
+                code = int(term.get("exitCode") or 0)
+                if not term or code == 0 or (wanted and cs.get("name") != wanted):
+                    continue
+                op = codes.get("operator")
+                if (op == "In" and code in values) or (op == "NotIn" and code not in values):
+                    return action
+        elif rule.get("onPodConditions") is not None:
+            for pattern in rule.get("onPodConditions") or []:
+                ctype = str(pattern.get("type") or "")
+                if str(pattern.get("status") or "True") == "True" and pod_has_condition(pod, ctype):
+                    return action
+    return "Count"
+
+
+def oom_failing_job(
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    spec: ModelOptimizationSpec | None,
+    status: Mapping[str, Any] | None,
+) -> tuple[FailureInfo, str | None] | None:
+    """(OOMKilled, when) as soon as the Job's newest pod failed OOMKilled and the Job's
+    podFailurePolicy fails the Job on it (not retried at the same limit), before the Job
+    controller marks the Job Failed; None otherwise."""
+    ordered = sorted_pods(pods)
+    if not ordered:
+        return None
+    pod = ordered[-1]
+    if (pod.get("status") or {}).get("phase") != "Failed":
+        return None
+    term = (engine_status(pod).get("state") or {}).get("terminated") or {}
+    if term.get("reason") != "OOMKilled" or pod_failure_action(job, pod) != "FailJob":
+        return None
+    code = term.get("exitCode")
+    failure = oom_failure(pod, job, spec, status, int(code) if code is not None else None)
+    finished = term.get("finishedAt")
+    return failure, str(finished) if finished else None
+
+
+def classify_failed_job(
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    spec: ModelOptimizationSpec | None,
+    status: Mapping[str, Any] | None = None,
+) -> FailureInfo:
+    """Why a Job failed, from its Failed condition and its pods' last container states
+    (``status``: the object's, for the preflight estimate an OOMKilled message names)."""
     cond = job_condition(job, "Failed") or {}
     cond_reason = str(cond.get("reason") or "")
     cond_message = str(cond.get("message") or "")
@@ -129,9 +340,7 @@ def classify_failed_job(
         exit_code = int(code) if code is not None else None
         detail = summary_detail(term)
         if term.get("reason") == "OOMKilled":
-            mem = (spec.resources.memory if spec is not None else None) or "the memory limit"
-            text = f"the engine ran out of memory (limit {mem}); raise spec.resources.memory"
-            return FailureInfo(Reason.OOM_KILLED, clip(text), exit_code or 137)
+            return oom_failure(pod, job, spec, status, exit_code)
         if exit_code == ExitCode.INVALID_SPEC:
             return FailureInfo(Reason.INVALID_SPEC, detail or "the engine rejected the spec", 2)
         if exit_code == ExitCode.QUALITY_GATE_FAILED:

@@ -26,10 +26,10 @@ from kubequant_api.errors import InvalidSpecError, KubequantError
 from kubequant_api.models import ModelOptimizationSpec, Result, parse_spec
 from kubequant_operator import builders
 from kubequant_operator.checks import compatibility_problem
-from kubequant_operator.children import job_finished, job_started, parse_time
-from kubequant_operator.failures import REFUSAL_STATUSES, ChildRefusal
+from kubequant_operator.children import awaits_pods, job_finished, job_started, parse_time
+from kubequant_operator.failures import FAILED_CREATE, REFUSAL_STATUSES, ChildRefusal
 from kubequant_operator.harvest import harvest_from_pods, read_results_file, result_for_generation
-from kubequant_operator.kube import Kube, KubeError
+from kubequant_operator.kube import Kube, KubeError, collection_path
 from kubequant_operator.metrics import Metrics
 from kubequant_operator.settings import Settings
 from kubequant_operator.status import (
@@ -190,7 +190,9 @@ class Reconciler:
                 # told at once: a later failure of this reconcile must not lose the event
                 await self._event(obj, "Normal", Reason.JOB_CREATED, f"created Job {current_name}")
 
-        observation = await self._observe(namespace, obj, spec, job, blocker, refusal=refusal)
+        observation = await self._observe(
+            namespace, obj, spec, job, blocker, refusal=refusal, fresh=created
+        )
         now = datetime.now(UTC)
         update = compute_status(observation, self.settings, now)
         patched = await self._write_status(namespace, name, obj, update, now=now, extra=extra)
@@ -269,8 +271,12 @@ class Reconciler:
         blocker: Blocker | None,
         *,
         refusal: ChildRefusal | None = None,
+        fresh: bool = False,
     ) -> Observation:
-        """The Job's pods and, once it finished without status.result, the harvested result."""
+        """The Job's pods and, once it finished without status.result, the harvested result.
+
+        While the Job has no live pod (and was not just created), also its FailedCreate
+        events: the Job controller's only record of a pod the API server refused to create."""
         meta = obj.get("metadata") or {}
         generation = int(meta.get("generation") or 1)
         uid = str(meta.get("uid"))
@@ -290,6 +296,9 @@ class Reconciler:
                     harvested, note = await asyncio.to_thread(
                         read_results_file, spec.output.uri, generation
                     )
+        events: list[dict[str, Any]] = []
+        if job is not None and not fresh and awaits_pods(job, pods):
+            events = await self._failed_create_events(namespace, job)
         return Observation(
             obj=obj,
             spec=spec,
@@ -299,7 +308,36 @@ class Reconciler:
             refusal=refusal,
             harvested=harvested,
             harvest_note=note,
+            pod_create_events=events,
         )
+
+    async def _failed_create_events(
+        self, namespace: str, job: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The Job's FailedCreate events (one LIST narrowed by a field selector on its uid).
+
+        Events are not watched: the periodic resync re-reads them while the Job waits."""
+        uid = (job.get("metadata") or {}).get("uid")
+        if not uid:
+            return []
+        try:
+            data = await self.kube.request(
+                "GET",
+                collection_path("v1", "Event", namespace),
+                query=[("fieldSelector", f"involvedObject.uid={uid},reason={FAILED_CREATE}")],
+            )
+        except KubeError as exc:
+            if exc.status != 403:
+                raise
+            # Without `list` on events (an older chart) the run still goes on; only the
+            # cause of a refused pod goes unreported.
+            log.warning(
+                "cannot read the Job's FailedCreate events: %s",
+                exc,
+                extra={"namespace": namespace, "job": (job.get("metadata") or {}).get("name")},
+            )
+            return []
+        return list(data.get("items") or [])
 
     async def _write_status(
         self,

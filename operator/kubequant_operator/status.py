@@ -37,7 +37,9 @@ from kubequant_operator.failures import (
     ChildRefusal,
     FailureInfo,
     classify_failed_job,
+    oom_failing_job,
     pod_blocked,
+    pod_create_refused,
     refusal_failure,
 )
 from kubequant_operator.harvest import clip, result_for_generation
@@ -82,6 +84,8 @@ class Observation:
     refusal: ChildRefusal | None = None  # the API server refused to create a child (403, 422)
     harvested: Result | None = None
     harvest_note: str = ""  # why nothing could be harvested (for ResultsUnavailable)
+    # The Job's FailedCreate events, read only while the Job has no live pod.
+    pod_create_events: Sequence[Mapping[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -214,7 +218,7 @@ def _job_state(
             or failed_cond.get("lastTransitionTime")
             or rfc3339(now)
         )
-        failure = classify_failed_job(job, pods, spec)
+        failure = classify_failed_job(job, pods, spec, obs.obj.get("status"))
         if failure.reason == Reason.QUALITY_GATE_FAILED and existing is not None:
             failure = replace(failure, message=_gate_message(existing) or failure.message)
         message = f"{failure.reason}: {failure.message}"
@@ -225,6 +229,17 @@ def _job_state(
             return State(Phase.PENDING, Reason.QUEUED, message, reconciling=True, suspended=True)
         message = "the Job is suspended"
         return State(Phase.PENDING, Reason.SUSPENDED, message, reconciling=True, suspended=True)
+    oom = oom_failing_job(job, pods, spec, obs.obj.get("status"))
+    if oom is not None:
+        # The Job's podFailurePolicy fails it on this pod: told now, not at the Job's failure.
+        failure, when = oom
+        message = f"{failure.reason}: {failure.message}"
+        return _stalled(Phase.FAILED, failure, message, completion_time=when or rfc3339(now))
+    refused = pod_create_refused(job, pods, obs.pod_create_events)
+    if refused is not None:
+        # Not terminal: the Job controller keeps retrying, and the first pod it can create
+        # ends the stall (creating the PriorityClass, raising the quota...).
+        return _stalled(Phase.PENDING, refused, f"{refused.reason}: {refused.message}")
     blocked = pod_blocked(pods, s, now, spec)
     if blocked is not None:
         return _stalled(Phase.PENDING, blocked, f"{blocked.reason}: {blocked.message}")

@@ -245,8 +245,9 @@ async def test_engine_failures(
     assert st["failure"]["reason"] == reason
     assert st["failure"]["exitCode"] == code
     assert text in st["failure"]["message"], st["failure"]
-    # exit codes 2 and 3 fail the Job at once (podFailurePolicy); others use the retries
-    assert st["attempts"] == (1 if code in (2, 3) else 2)
+    # exit codes 2, 3 and 137 (OOMKilled) fail the Job at once (podFailurePolicy); others
+    # use the retries
+    assert st["attempts"] == (1 if code in (2, 3, 137) else 2)
     assert len(await h.jobs(name)) == 1
 
 

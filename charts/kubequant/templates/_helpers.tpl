@@ -75,6 +75,11 @@ compares them with the calls recorded by the local control plane.
 - apiGroups: ["kubequant.io"]
   resources: ["modeloptimizations/status"]
   verbs: ["patch"]
+# The children's ownerReferences set blockOwnerDeletion: with the OwnerReferencesPermission-
+# Enforcement admission plugin, that needs `update` on the owner's finalizers subresource.
+- apiGroups: ["kubequant.io"]
+  resources: ["modeloptimizations/finalizers"]
+  verbs: ["update"]
 # The engine's Job per generation: created, watched, read after a create conflict, and
 # deleted when a newer generation or spec.suspend stops it.
 - apiGroups: ["batch"]
@@ -99,9 +104,11 @@ compares them with the calls recorded by the local control plane.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get"]
+# Events: posted on the objects (create); a Job's FailedCreate events read (list, by a field
+# selector on the Job's uid) while it has no pod: why the engine's pod cannot be created.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end -}}
 
 {{/* Cluster-scoped reads kopf needs whatever the scope: the CRD. */}}

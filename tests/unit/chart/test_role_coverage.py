@@ -257,3 +257,16 @@ def test_coverage_check_fails_on_a_chart_that_lacks_a_delegated_grant() -> None:
     ]
     uncovered = covers(_rules_held(docs, NAMESPACE, sa_name, "team-a"), role["rules"])
     assert _rule([f"{MOPT}/status"], ["patch"], names=["minilm"]) in uncovered
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_the_chart_grants_finalizers_update_and_events_list_in_every_mode(mode: str) -> None:
+    """blockOwnerDeletion on the children's ownerReferences needs `update` on the owner's
+    finalizers (OwnerReferencesPermissionEnforcement); a Job's FailedCreate events are listed."""
+    files, sets, watched = MODES[mode]
+    docs = render(files, sets)
+    sa_name, _ = _operator(docs)
+    for namespace in list(watched) or ["team-a", "default"]:
+        held = _rules_held(docs, NAMESPACE, sa_name, namespace)
+        assert covers(held, [_rule([f"{MOPT}/finalizers"], ["update"])]) == [], (mode, namespace)
+        assert covers(held, [_rule(["events"], ["list", "create"], groups=("",))]) == []
