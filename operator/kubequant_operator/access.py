@@ -3,30 +3,51 @@
 Read from the kubeconfig named in settings (``KUBECONFIG``), else from the pod's service
 account (in-cluster), else from ``~/.kube/config``. The same :class:`ClusterAccess` feeds the
 operator's own aiohttp session and kopf's login, so both always talk to the same server
-with the same identity. Supported credentials: bearer token (inline or file), client
-certificate and key (file or inline data), basic auth; CA file or inline data;
-``insecure-skip-tls-verify``. Exec and auth-provider plugins are not supported.
+with the same identity.
+
+The kubeconfig is read as kubectl reads it (client-go's loading rules): ``KUBECONFIG`` may
+list several files (``os.pathsep``), merged so that the first file to set a value wins
+(``current-context``, and each named cluster, user and context as a whole); missing files are
+skipped; relative paths are resolved against the file that named them. Credentials: bearer
+token (inline or ``tokenFile``, re-read on every use), client certificate and key (file or
+inline data), basic auth, ``exec`` plugins and the ``oidc``/``gcp`` auth-providers
+(:mod:`kubequant_operator.kubeauth`, renewed before they expire); CA file or inline data;
+``insecure-skip-tls-verify``; impersonation (``as``, ``as-groups``, ``as-uid``,
+``as-user-extra``) sent as ``Impersonate-*`` headers on every request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import ssl
 import tempfile
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kubequant_api.errors import KubequantError
+from kubequant_operator.kubeauth import (
+    EXPIRY_MARGIN,
+    AccessError,
+    Credential,
+    CredentialPlugin,
+    ExecPlugin,
+    auth_provider,
+)
+
+__all__ = ["AccessError", "ClusterAccess", "from_kubeconfig", "in_cluster", "load_access"]
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-class AccessError(KubequantError):
-    """The cluster's address or credentials cannot be read; the message says where."""
+DEFAULT_KUBECONFIG = "~/.kube/config"
+EXEC_CLUSTER_EXTENSION = "client.authentication.k8s.io/exec"
+# Characters allowed in an HTTP header name (RFC 7230 tchar) besides letters and digits;
+# others in an Impersonate-Extra key are percent-encoded, as client-go does.
+_TCHAR = "!#$&'*+-.^_`|~"
 
 
 @dataclass(frozen=True)
@@ -36,7 +57,7 @@ class ClusterAccess:
     ca_data: bytes | None = None
     insecure: bool = False
     token: str | None = None
-    token_file: str | None = None  # re-read on every login (projected tokens rotate)
+    token_file: str | None = None  # re-read on every use (projected tokens rotate)
     username: str | None = None
     password: str | None = None
     cert_path: str | None = None
@@ -44,14 +65,52 @@ class ClusterAccess:
     key_path: str | None = None
     key_data: bytes | None = None
     namespace: str | None = None
+    # An exec plugin or auth-provider: its token/certificate replace the static ones.
+    plugin: CredentialPlugin | None = field(default=None, compare=False, repr=False)
+    impersonate_user: str | None = None
+    impersonate_uid: str | None = None
+    impersonate_groups: tuple[str, ...] = ()
+    impersonate_extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def credential(self) -> Credential | None:
+        """The plugin's credential (blocking: may run the plugin); None without a plugin."""
+        return self.plugin.credential() if self.plugin is not None else None
+
+    async def refresh(self, renew: bool = False) -> Credential | None:
+        """The plugin's credential, renewed off the event loop when it is stale (or always,
+        with ``renew``: kopf logs in again after a 401)."""
+        if self.plugin is None:
+            return None
+        if renew:
+            return await asyncio.to_thread(self.plugin.renew)
+        found = self.plugin.cached()
+        if found is not None:
+            return found
+        return await asyncio.to_thread(self.plugin.credential)
+
+    def expiration(self) -> datetime | None:
+        """When the current credential must be renewed (None: it does not expire)."""
+        found = self.plugin.cached() if self.plugin is not None else None
+        if found is None or found.expiry is None:
+            return None
+        return found.expiry - EXPIRY_MARGIN
 
     def current_token(self) -> str | None:
+        if self.plugin is not None:
+            return self.plugin.credential().token
         if self.token_file:
             try:
                 return Path(self.token_file).read_text().strip()
             except OSError as exc:
                 raise AccessError(f"cannot read the token file {self.token_file}: {exc}") from exc
         return self.token
+
+    def client_certificate(self) -> tuple[str | None, bytes | None, str | None, bytes | None]:
+        """(cert path, cert data, key path, key data): the plugin's pair when it gave one."""
+        found = self.credential()
+        if found is not None and found.cert_data and found.key_data:
+            return None, found.cert_data, None, found.key_data
+        return self.cert_path, self.cert_data, self.key_path, self.key_data
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         """An SSL context for https servers (False for plain http)."""
@@ -64,14 +123,28 @@ class ClusterAccess:
         if self.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        cert, key = self.cert_path, self.key_path
-        if self.cert_data or self.key_data:
-            cert, key = _materialize(self.cert_data, self.key_data, cert, key)
+        cert, cert_data, key, key_data = self.client_certificate()
+        if cert_data or key_data:
+            cert, key = _materialize(cert_data, key_data, cert, key)
         if cert:
             ctx.load_cert_chain(cert, key)
         return ctx
 
-    def headers(self) -> dict[str, str]:
+    def impersonation_headers(self) -> list[tuple[str, str]]:
+        """``Impersonate-*`` headers (Impersonate-Group and each extra value repeated)."""
+        if not self.impersonate_user:
+            return []
+        out = [("Impersonate-User", self.impersonate_user)]
+        if self.impersonate_uid:
+            out.append(("Impersonate-Uid", self.impersonate_uid))
+        out += [("Impersonate-Group", group) for group in self.impersonate_groups]
+        for key, values in self.impersonate_extra:
+            name = "Impersonate-Extra-" + urllib.parse.quote(key, safe=_TCHAR)
+            out += [(name, value) for value in values]
+        return out
+
+    def auth_headers(self) -> dict[str, str]:
+        """The ``Authorization`` header (blocking: may run a plugin; see :meth:`refresh`)."""
         token = self.current_token()
         if token:
             return {"Authorization": f"Bearer {token}"}
@@ -79,6 +152,10 @@ class ClusterAccess:
             raw = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
             return {"Authorization": f"Basic {raw}"}
         return {}
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Every header a request carries for this identity (names may repeat)."""
+        return [*self.auth_headers().items(), *self.impersonation_headers()]
 
 
 def _materialize(
@@ -109,48 +186,149 @@ def _b64(value: Any, where: str) -> bytes | None:
 def _relative(base: Path, value: Any) -> str | None:
     if not value:
         return None
-    path = Path(str(value))
+    path = Path(str(value)).expanduser()
     return str(path if path.is_absolute() else base.parent / path)
 
 
+@dataclass
+class _Merged:
+    """Kubeconfig files merged by client-go's rules; each entry keeps the file it came from."""
+
+    files: list[Path]
+    current_context: str | None = None
+    clusters: dict[str, tuple[dict[str, Any], Path]] = field(default_factory=dict)
+    users: dict[str, tuple[dict[str, Any], Path]] = field(default_factory=dict)
+    contexts: dict[str, tuple[dict[str, Any], Path]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return os.pathsep.join(str(f) for f in self.files)
+
+
+def kubeconfig_paths(value: str | Path) -> list[Path]:
+    """The files a ``KUBECONFIG`` value names (``os.pathsep``-separated; empty parts and
+    repeats dropped, as client-go does)."""
+    out: list[Path] = []
+    for part in str(value).split(os.pathsep):
+        if part.strip():
+            path = Path(part.strip()).expanduser()
+            if path not in out:
+                out.append(path)
+    return out
+
+
+def _named(items: Any, key: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (str(item.get("name")), item.get(key) or {})
+        for item in items or []
+        if isinstance(item, dict) and item.get("name")
+    ]
+
+
+def load_kubeconfig(value: str | Path) -> _Merged:
+    """Read and merge the kubeconfig files: the first to set a value wins."""
+    merged = _Merged(files=kubeconfig_paths(value))
+    found = 0
+    for path in merged.files:
+        if not path.exists():
+            continue  # client-go skips missing files of the KUBECONFIG list
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise AccessError(f"KUBECONFIG: cannot read {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise AccessError(f"KUBECONFIG: {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise AccessError(f"KUBECONFIG: {path} is not a kubeconfig (not a mapping)")
+        found += 1
+        if merged.current_context is None and data.get("current-context"):
+            merged.current_context = str(data["current-context"])
+        for table, key, items in (
+            (merged.clusters, "cluster", data.get("clusters")),
+            (merged.users, "user", data.get("users")),
+            (merged.contexts, "context", data.get("contexts")),
+        ):
+            for name, entry in _named(items, key):
+                table.setdefault(name, (entry, path))
+    if not found:
+        raise AccessError(f"KUBECONFIG: cannot read {merged.describe()}: no such file")
+    return merged
+
+
+def _exec_cluster(cluster: dict[str, Any], origin: Path) -> dict[str, Any]:
+    """The cluster as an exec plugin sees it with ``provideClusterInfo`` (ExecCredential
+    ``spec.cluster``: the CA as base64 data, the exec extension as ``config``)."""
+    ca = cluster.get("certificate-authority-data")
+    ca_file = _relative(origin, cluster.get("certificate-authority"))
+    if not ca and ca_file:
+        try:
+            ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
+        except OSError as exc:
+            raise AccessError(f"KUBECONFIG: cannot read {ca_file}: {exc}") from exc
+    info: dict[str, Any] = {"server": cluster.get("server")}
+    for key, value in (
+        ("tls-server-name", cluster.get("tls-server-name")),
+        ("insecure-skip-tls-verify", cluster.get("insecure-skip-tls-verify")),
+        ("certificate-authority-data", ca),
+        ("proxy-url", cluster.get("proxy-url")),
+        ("disable-compression", cluster.get("disable-compression")),
+    ):
+        if value:
+            info[key] = value
+    for ext in cluster.get("extensions") or []:
+        if isinstance(ext, dict) and ext.get("name") == EXEC_CLUSTER_EXTENSION:
+            info["config"] = ext.get("extension")
+    return info
+
+
+def _impersonation(user: dict[str, Any]) -> dict[str, Any]:
+    extra = user.get("as-user-extra") or {}
+    return {
+        "impersonate_user": user.get("as") or None,
+        "impersonate_uid": user.get("as-uid") or None,
+        "impersonate_groups": tuple(str(g) for g in user.get("as-groups") or []),
+        "impersonate_extra": tuple(
+            (str(k), tuple(str(v) for v in (vs if isinstance(vs, list) else [vs])))
+            for k, vs in sorted(extra.items())
+        ),
+    }
+
+
 def from_kubeconfig(path: str | Path, context: str | None = None) -> ClusterAccess:
-    kc_path = Path(path).expanduser()
-    try:
-        data = yaml.safe_load(kc_path.read_text()) or {}
-    except OSError as exc:
-        raise AccessError(f"KUBECONFIG: cannot read {kc_path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise AccessError(f"KUBECONFIG: {kc_path} is not valid YAML: {exc}") from exc
-    name = context or data.get("current-context")
-    contexts = {c.get("name"): c.get("context") or {} for c in data.get("contexts") or []}
-    if name not in contexts:
-        raise AccessError(f"KUBECONFIG: {kc_path} has no context {name!r}")
-    ctx = contexts[name]
-    clusters = {c.get("name"): c.get("cluster") or {} for c in data.get("clusters") or []}
-    users = {u.get("name"): u.get("user") or {} for u in data.get("users") or []}
-    cluster = clusters.get(ctx.get("cluster"))
-    if not cluster or not cluster.get("server"):
+    """The access of ``context`` (default: the current one) in the kubeconfig file(s)."""
+    merged = load_kubeconfig(path)
+    where = merged.describe()
+    name = context or merged.current_context
+    if not name:
+        raise AccessError(f"KUBECONFIG: {where} sets no current-context")
+    if name not in merged.contexts:
+        raise AccessError(f"KUBECONFIG: {where} has no context {name!r}")
+    ctx, _ = merged.contexts[name]
+    cluster_name, user_name = str(ctx.get("cluster") or ""), str(ctx.get("user") or "")
+    cluster, c_origin = merged.clusters.get(cluster_name, ({}, merged.files[0]))
+    if not cluster.get("server"):
         raise AccessError(f"KUBECONFIG: context {name!r} names no cluster with a server")
-    user = users.get(ctx.get("user"), {})
-    if user.get("exec") or user.get("auth-provider"):
-        raise AccessError(
-            f"KUBECONFIG: user {ctx.get('user')!r} uses an exec/auth-provider plugin, which the "
-            "operator does not support; use a token or a client certificate"
-        )
+    user, u_origin = merged.users.get(user_name, ({}, merged.files[0]))
+    plugin: CredentialPlugin | None = None
+    if user.get("exec"):
+        plugin = ExecPlugin(user_name, user["exec"], _exec_cluster(cluster, c_origin), u_origin)
+    elif user.get("auth-provider"):
+        plugin = auth_provider(user_name, user["auth-provider"], u_origin)
     return ClusterAccess(
         server=str(cluster["server"]).rstrip("/"),
-        ca_path=_relative(kc_path, cluster.get("certificate-authority")),
+        ca_path=_relative(c_origin, cluster.get("certificate-authority")),
         ca_data=_b64(cluster.get("certificate-authority-data"), "certificate-authority-data"),
         insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
         token=user.get("token"),
-        token_file=_relative(kc_path, user.get("tokenFile")),
+        token_file=_relative(u_origin, user.get("tokenFile")),
         username=user.get("username"),
         password=user.get("password"),
-        cert_path=_relative(kc_path, user.get("client-certificate")),
+        cert_path=_relative(u_origin, user.get("client-certificate")),
         cert_data=_b64(user.get("client-certificate-data"), "client-certificate-data"),
-        key_path=_relative(kc_path, user.get("client-key")),
+        key_path=_relative(u_origin, user.get("client-key")),
         key_data=_b64(user.get("client-key-data"), "client-key-data"),
         namespace=ctx.get("namespace"),
+        plugin=plugin,
+        **_impersonation(user),
     )
 
 
@@ -177,7 +355,7 @@ def load_access(kubeconfig: str = "") -> ClusterAccess:
     found = in_cluster()
     if found is not None:
         return found
-    default = Path("~/.kube/config").expanduser()
+    default = Path(DEFAULT_KUBECONFIG).expanduser()
     if default.exists():
         return from_kubeconfig(default)
     raise AccessError(

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import kopf
 
 from kubequant_api.constants import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
@@ -70,7 +71,10 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, s: Settings) -> None:
 
 
 def connection_info(access: ClusterAccess) -> kopf.ConnectionInfo:
-    """kopf's credentials from the same cluster access the reconciler uses."""
+    """kopf's credentials from the same cluster access the reconciler uses (an exec or
+    auth-provider token with its expiration: kopf logs in again when it passes, or on 401)."""
+    token = access.current_token()
+    cert, cert_data, key, key_data = access.client_certificate()
     return kopf.ConnectionInfo(
         server=access.server,
         ca_path=access.ca_path,
@@ -78,13 +82,34 @@ def connection_info(access: ClusterAccess) -> kopf.ConnectionInfo:
         insecure=access.insecure or None,
         username=access.username,
         password=access.password,
-        scheme="Bearer" if access.current_token() else None,
-        token=access.current_token(),
-        certificate_path=access.cert_path,
-        certificate_data=access.cert_data,
-        private_key_path=access.key_path,
-        private_key_data=access.key_data,
+        scheme="Bearer" if token else None,
+        token=token,
+        certificate_path=cert,
+        certificate_data=cert_data,
+        private_key_path=key,
+        private_key_data=key_data,
         default_namespace=access.namespace,
+        expiration=access.expiration(),
+    )
+
+
+async def login_context(access: ClusterAccess) -> kopf.ConnectionInfo | kopf.AiohttpSession:
+    """What kopf's login returns: a :class:`kopf.ConnectionInfo`; with impersonation, which
+    ConnectionInfo cannot carry (it makes only the Authorization header), an aiohttp session
+    of ours that sends the Impersonate-* headers too (kopf's AiohttpSession; kopf closes it
+    when it logs in again)."""
+    await access.refresh(renew=True)  # a plugin runs again (off the event loop), as on a 401
+    if not access.impersonation_headers():
+        return connection_info(access)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=access.ssl_context()),
+        headers=access.headers(),
+    )
+    return kopf.AiohttpSession(
+        server=access.server,
+        aiohttp_session=session,
+        default_namespace=access.namespace,
+        expiration=access.expiration(),
     )
 
 
@@ -96,8 +121,8 @@ def build_registry(s: Settings, reconciler: Reconciler, metrics: Metrics) -> kop
         configure_kopf(settings, s)
 
     @kopf.on.login(id="login", registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(reconciler.kube.access)
+    async def login(**_: Any) -> kopf.ConnectionInfo | kopf.AiohttpSession:
+        return await login_context(reconciler.kube.access)
 
     async def run(namespace: str, name: str, retry: int | None) -> None:
         """Reconcile; with ``retry`` (kopf's count of earlier tries), errors are retried by

@@ -24,7 +24,7 @@ import aiohttp
 
 from kubequant_api.constants import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubequant_api.errors import KubequantError
-from kubequant_operator.access import ClusterAccess, load_access
+from kubequant_operator.access import AccessError, ClusterAccess, load_access
 from kubequant_operator.settings import Settings
 
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
@@ -82,21 +82,45 @@ class Kube:
         self.timeout = aiohttp.ClientTimeout(total=s.request_timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._client_cert: object = None  # the client certificate the session was built with
+        self._retired: list[aiohttp.ClientSession] = []  # built with a rotated certificate
 
     def _session_for_loop(self) -> aiohttp.ClientSession:
+        """The session of this loop; a new one when an exec plugin rotated the client
+        certificate (call after ``access.refresh()``, so that nothing blocks here)."""
         loop = asyncio.get_running_loop()
+        cert = self.access.client_certificate()
+        if self._session is not None and self._loop is loop and cert != self._client_cert:
+            self._retired.append(self._session)
+            self._session = None
         if self._session is None or self._session.closed or self._loop is not loop:
             connector = aiohttp.TCPConnector(
                 limit=self.settings.api_connections, ssl=self.access.ssl_context()
             )
             self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
             self._loop = loop
+            self._client_cert = cert
         return self._session
 
+    async def _headers(self, accept: str | None = None) -> list[tuple[str, str]]:
+        """Credentials (a plugin's renewed off the loop before it expires) and impersonation
+        (pairs: Impersonate-Group repeats). A plugin that fails fails the call (status 0)."""
+        try:
+            await self.access.refresh()
+            own = self.access.headers()
+        except AccessError as exc:
+            raise KubeError(0, str(exc)) from exc
+        return [*([("Accept", accept)] if accept else []), *own]
+
     async def close(self) -> None:
-        session = self._session
-        if session is not None and not session.closed and self._loop is asyncio.get_running_loop():
-            await session.close()
+        sessions, self._retired = [self._session, *self._retired], []
+        for session in sessions:
+            if (
+                session is not None
+                and not session.closed
+                and self._loop is asyncio.get_running_loop()
+            ):
+                await session.close()
         self._session = None
 
     # ------------------------------------------------------------------ transport
@@ -116,10 +140,10 @@ class Kube:
         url = self.access.server + path
         if query:
             url += "?" + urlencode(query)
-        headers = {"Accept": accept, **self.access.headers()}
+        headers = await self._headers(accept)
         data = None
         if body is not None:
-            headers["Content-Type"] = content_type
+            headers.append(("Content-Type", content_type))
             data = json.dumps(body)
         session = self._session_for_loop()
         try:
@@ -142,9 +166,10 @@ class Kube:
     ) -> AsyncIterator[dict[str, Any]]:
         """A watch stream: one JSON event per line until the server ends it."""
         url = self.access.server + path + ("?" + urlencode(query) if query else "")
+        headers = await self._headers()
         session = self._session_for_loop()
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-        async with session.get(url, headers=self.access.headers(), timeout=timeout) as resp:
+        async with session.get(url, headers=headers, timeout=timeout) as resp:
             if resp.status >= 400:
                 raise KubeError(resp.status, _error_message(await resp.read(), resp.reason))
             async for line in resp.content:
