@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from kubequant_api.base import ApiModel
 from kubequant_api.constants import ARTIFACT_META_FILE, TASK_FIELD, Task
@@ -34,6 +34,11 @@ from kubequant_api.methods import (
 from optimizer_job.errors import IncompatibleError, MethodError
 
 T = TypeVar("T")
+
+# How a user loads an artifact outside kubequant (optimizer_job.snippets writes the code):
+# "transformers": AutoModel*.from_pretrained(dir); "quanto": optimum-quanto's own wrapper
+# class (plain from_pretrained refuses the folder); "onnx": an ONNX Runtime InferenceSession.
+Loader = Literal["transformers", "quanto", "onnx"]
 
 
 class InferenceModel(Protocol):
@@ -102,6 +107,10 @@ class QuantizationMethod(ABC):
     """One quantization method's behaviour; its facts come from its method table entry."""
 
     name: ClassVar[str]
+    # How the artifact loads outside kubequant, and the packages that needs besides
+    # transformers and torch (the model card's "How to load" snippet).
+    loader: ClassVar[Loader] = "transformers"
+    load_requires: ClassVar[tuple[str, ...]] = ()
     supported_tasks: _Fact[frozenset[Task]] = _Fact("supported_tasks")
     needs_calibration: _Fact[bool] = _Fact("needs_calibration")
     device_support: _Fact[DeviceSupport] = _Fact("device_support")
@@ -206,6 +215,7 @@ __all__ = [
     "ArtifactInfo",
     "IncompatibleError",
     "InferenceModel",
+    "Loader",
     "MethodError",
     "QuantizationMethod",
     "QuantizeRequest",

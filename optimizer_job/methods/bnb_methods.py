@@ -31,6 +31,7 @@ from optimizer_job.methods.base import (
 
 
 class _Bnb(QuantizationMethod):
+    load_requires = ("bitsandbytes", "accelerate")
 
     def _config(self, params: Any) -> Any:
         raise NotImplementedError

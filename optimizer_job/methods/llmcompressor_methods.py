@@ -106,6 +106,7 @@ def _no_pinning_without_accelerator() -> Iterator[None]:
 
 
 class _LlmCompressor(QuantizationMethod):
+    load_requires = ("compressed-tensors",)
 
     def _recipe(self, params: Any, ignore: list[str]) -> Any:
         raise NotImplementedError

@@ -92,6 +92,7 @@ class OnnxInferenceModel:
 @register
 class OnnxInt8(QuantizationMethod):
     name = "onnx-int8"
+    loader = "onnx"
 
     def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
         import torch

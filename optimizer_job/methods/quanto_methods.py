@@ -44,6 +44,8 @@ def _wrapper_class(task: Task | str) -> Any:
 
 
 class _Quanto(QuantizationMethod):
+    loader = "quanto"
+    load_requires = ("accelerate",)
     weights: ClassVar[str]
     grad_mode: ClassVar[str] = "inference"
 

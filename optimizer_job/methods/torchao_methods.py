@@ -39,6 +39,7 @@ INT4_WEIGHTS_FILE = "model-int4.pt"
 
 
 class _TorchaoInt8(QuantizationMethod):
+    load_requires = ("torchao",)
 
     def _config(self) -> Any:
         raise NotImplementedError
@@ -104,6 +105,7 @@ def _int4_config(device: str, group_size: int) -> Any:
 @register
 class TorchaoInt4Weight(QuantizationMethod):
     name = "torchao-int4-weight"
+    load_requires = ("torchao",)
 
     def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
         import torch
