@@ -38,13 +38,13 @@ from kubequant_operator.kubeauth import (
     CredentialPlugin,
     ExecPlugin,
     auth_provider,
+    exec_cluster,
 )
 
 __all__ = ["AccessError", "ClusterAccess", "from_kubeconfig", "in_cluster", "load_access"]
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_KUBECONFIG = "~/.kube/config"
-EXEC_CLUSTER_EXTENSION = "client.authentication.k8s.io/exec"
 # Characters allowed in an HTTP header name (RFC 7230 tchar) besides letters and digits;
 # others in an Impersonate-Extra key are percent-encoded, as client-go does.
 _TCHAR = "!#$&'*+-.^_`|~"
@@ -254,32 +254,6 @@ def load_kubeconfig(value: str | Path) -> _Merged:
     return merged
 
 
-def _exec_cluster(cluster: dict[str, Any], origin: Path) -> dict[str, Any]:
-    """The cluster as an exec plugin sees it with ``provideClusterInfo`` (ExecCredential
-    ``spec.cluster``: the CA as base64 data, the exec extension as ``config``)."""
-    ca = cluster.get("certificate-authority-data")
-    ca_file = _relative(origin, cluster.get("certificate-authority"))
-    if not ca and ca_file:
-        try:
-            ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
-        except OSError as exc:
-            raise AccessError(f"KUBECONFIG: cannot read {ca_file}: {exc}") from exc
-    info: dict[str, Any] = {"server": cluster.get("server")}
-    for key, value in (
-        ("tls-server-name", cluster.get("tls-server-name")),
-        ("insecure-skip-tls-verify", cluster.get("insecure-skip-tls-verify")),
-        ("certificate-authority-data", ca),
-        ("proxy-url", cluster.get("proxy-url")),
-        ("disable-compression", cluster.get("disable-compression")),
-    ):
-        if value:
-            info[key] = value
-    for ext in cluster.get("extensions") or []:
-        if isinstance(ext, dict) and ext.get("name") == EXEC_CLUSTER_EXTENSION:
-            info["config"] = ext.get("extension")
-    return info
-
-
 def _impersonation(user: dict[str, Any]) -> dict[str, Any]:
     extra = user.get("as-user-extra") or {}
     return {
@@ -310,7 +284,11 @@ def from_kubeconfig(path: str | Path, context: str | None = None) -> ClusterAcce
     user, u_origin = merged.users.get(user_name, ({}, merged.files[0]))
     plugin: CredentialPlugin | None = None
     if user.get("exec"):
-        plugin = ExecPlugin(user_name, user["exec"], _exec_cluster(cluster, c_origin), u_origin)
+        info: dict[str, Any] = {}
+        if user["exec"].get("provideClusterInfo"):
+            ca_file = _relative(c_origin, cluster.get("certificate-authority"))
+            info = exec_cluster(cluster, ca_file)
+        plugin = ExecPlugin(user_name, user["exec"], info, u_origin)
     elif user.get("auth-provider"):
         plugin = auth_provider(user_name, user["auth-provider"], u_origin)
     return ClusterAccess(

@@ -28,6 +28,7 @@ from kubequant_api.errors import KubequantError
 
 EXEC_API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
 EXEC_INFO_ENV = "KUBERNETES_EXEC_INFO"
+EXEC_CLUSTER_EXTENSION = "client.authentication.k8s.io/exec"
 INTERACTIVE_MODES = ("Never", "IfAvailable", "Always")
 # A credential is renewed this long before it expires (oauth2's expiryDelta), so that no
 # request leaves with a token that expires on the way.
@@ -240,6 +241,31 @@ class ExecPlugin(CredentialPlugin):
             key_data=str(key).encode() if key else None,
             expiry=parse_time(stamp, "status.expirationTimestamp") if stamp else None,
         )
+
+
+def exec_cluster(cluster: Mapping[str, Any], ca_file: str | None) -> dict[str, Any]:
+    """The cluster as an exec plugin sees it with ``provideClusterInfo`` (ExecCredential
+    ``spec.cluster``: the CA as base64 data, the exec extension as ``config``)."""
+    ca = cluster.get("certificate-authority-data")
+    if not ca and ca_file:
+        try:
+            ca = base64.b64encode(Path(ca_file).read_bytes()).decode()
+        except OSError as exc:
+            raise AccessError(f"KUBECONFIG: cannot read {ca_file}: {exc}") from exc
+    info: dict[str, Any] = {"server": cluster.get("server")}
+    for key, value in (
+        ("tls-server-name", cluster.get("tls-server-name")),
+        ("insecure-skip-tls-verify", cluster.get("insecure-skip-tls-verify")),
+        ("certificate-authority-data", ca),
+        ("proxy-url", cluster.get("proxy-url")),
+        ("disable-compression", cluster.get("disable-compression")),
+    ):
+        if value:
+            info[key] = value
+    for ext in cluster.get("extensions") or []:
+        if isinstance(ext, dict) and ext.get("name") == EXEC_CLUSTER_EXTENSION:
+            info["config"] = ext.get("extension")
+    return info
 
 
 # --------------------------------------------------------------------------- auth-provider

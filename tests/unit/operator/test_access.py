@@ -526,3 +526,19 @@ def test_impersonation_needs_the_impersonate_right(
     error = asyncio.run(scenario())
     assert error.status == 403
     assert 'cannot impersonate resource "serviceaccounts"' in error.message
+
+
+def test_exec_plugin_client_certificate_reaches_kopf(tmp_path: Path) -> None:
+    pem = _script(
+        tmp_path, "cert.py",
+        'print(json.dumps({"apiVersion": "client.authentication.k8s.io/v1beta1",'
+        ' "kind": "ExecCredential", "status": {"clientCertificateData": "CERT PEM",'
+        ' "clientKeyData": "KEY PEM"}}))\n',
+    )  # fmt: skip
+    spec = {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": str(pem)}
+    access = from_kubeconfig(_write(tmp_path, {"exec": spec}, {"server": "http://h"}))
+    assert access.client_certificate() == (None, b"CERT PEM", None, b"KEY PEM")
+    assert access.headers() == []  # no token: the certificate authenticates
+    info = connection_info(access)
+    assert (info.certificate_data, info.private_key_data) == (b"CERT PEM", b"KEY PEM")
+    assert info.expiration is None  # no expirationTimestamp: kept until a 401
