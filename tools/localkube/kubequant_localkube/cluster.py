@@ -55,6 +55,7 @@ class LocalCluster:
         job_controller: bool = True,
         pod_start_delay: float = 0.05,
         validate_builtins: bool = False,
+        owner_references_permission_enforcement: bool = False,
     ) -> None:
         self.host = host or "127.0.0.1"
         self.requested_port = int(port or 0)
@@ -66,7 +67,10 @@ class LocalCluster:
         self.kubeconfig_path = Path(kubeconfig_path or self.state_dir / "kubeconfig")
         self.store = Store()
         self.store.validate_builtins = validate_builtins
-        self.emulator = LocalKubeEmulator(store=self.store)
+        self.emulator = LocalKubeEmulator(
+            store=self.store,
+            owner_references_permission_enforcement=owner_references_permission_enforcement,
+        )
         self.jobs = JobController(
             self.store,
             emulator=self.emulator,

@@ -22,7 +22,7 @@ import threading
 
 import aiohttp.web
 
-from kubequant_localkube import authz, discovery, errors, rbac, tables
+from kubequant_localkube import authz, discovery, errors, podadmission, rbac, tables
 from kubequant_localkube.calls import ApiCall, Fault
 from kubequant_localkube.httpio import (
     JSON,
@@ -80,6 +80,10 @@ class LocalKubeEmulator:
     # request without its token is a 401, as on a real cluster (a client that drops its
     # bearer token fails here too); False: the URL alone identifies the pod.
     require_pod_token: bool = False
+    # OwnerReferencesPermissionEnforcement (OpenShift enables it): an RBAC-authorized request
+    # that sets ownerReferences needs delete on the object, and a new blockOwnerDeletion
+    # reference needs update on the owner's finalizers subresource (:mod:`.podadmission`).
+    owner_references_permission_enforcement: bool = False
     _calls_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------------ test hooks
@@ -251,6 +255,19 @@ class LocalKubeEmulator:
         rbac_write = rp.group == authz.RBAC_GROUP and rp.plural in _RBAC_KINDS
         if enforce and rbac_write and verb in ("create", "update", "patch") and not rp.subresource:
             self._check_escalation(raw, body, rp, ns, user)
+        writes = verb in ("create", "update", "patch") and not rp.subresource
+        if enforce and writes and self.owner_references_permission_enforcement:
+            old, new = self._would_store(raw, body, rp, ns)
+            if new is not None:
+                podadmission.check_owner_references(
+                    self.store,
+                    res,
+                    new,
+                    old,
+                    lambda v, g, r, n: authz.authorized(
+                        self.store, user, v, g, r, namespace=ns, name=n
+                    ),
+                )
 
         if verb == "watch":
             return await serve_watch(
@@ -400,14 +417,22 @@ class LocalKubeEmulator:
         ns: str | None,
         user: authz.UserInfo,
     ) -> None:
-        """The object a write would store (a patch: applied as a dry run), checked for RBAC
-        escalation before anything is stored."""
+        """The object a write would store, checked for RBAC escalation before anything is
+        stored."""
+        old, new = self._would_store(raw, body, rp, ns)
+        if new is not None:  # None: refused as an unsupported patch below
+            authz.check_escalation(self.store, user, rp.plural, ns, new, old=old)
+
+    def _would_store(
+        self, raw: aiohttp.web.BaseRequest, body: bytes, rp: ResourcePath, ns: str | None
+    ) -> tuple[Obj | None, Obj | None]:
+        """(the stored object, what a write would store: a patch applied as a dry run)."""
         res = self.store.resource(rp.group, rp.version, rp.plural)
         old = self.store.try_get(res, ns, rp.name) if rp.name else None
         if raw.method.upper() == "PATCH":
             kind = patch_kind(raw)
             if kind is None:
-                return  # refused as an unsupported patch below
+                return old, None
             patch = read_body(body, raw, yaml_ok=kind == "apply", any_json=True)
             new = self.store.patch(
                 res,
@@ -420,7 +445,7 @@ class LocalKubeEmulator:
             )
         else:
             new = read_body(body, raw)
-        authz.check_escalation(self.store, user, rp.plural, ns, new, old=old)
+        return old, new
 
     def _list(
         self, raw: aiohttp.web.BaseRequest, res: Resource, ns: str | None, table: bool

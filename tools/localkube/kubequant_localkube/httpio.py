@@ -53,7 +53,8 @@ def json_response(
     """A JSON answer with each of ``warnings`` as a ``Warning: 299`` header."""
     resp = aiohttp.web.json_response(body, status=status)
     for w in warnings or []:
-        resp.headers.add("Warning", f'299 - "{w}"')
+        text = w.replace("\\", "\\\\").replace('"', '\\"')  # a quoted-string (RFC 7230)
+        resp.headers.add("Warning", f'299 - "{text}"')
     return resp
 
 

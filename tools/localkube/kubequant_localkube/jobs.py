@@ -18,6 +18,12 @@ What a pod does comes from one of two modes, per Job:
   terminated state's message, and ``KUBECONFIG`` points at the emulator with a token naming
   the pod's ServiceAccount: the emulator authorizes its requests with the namespace's RBAC,
   like a real API server.
+
+A pod the API server refuses (admission: a missing PriorityClass or ServiceAccount, an
+exceeded ResourceQuota, PodSecurity) is recorded as a ``FailedCreate`` Warning Event on the
+Job, worded and aggregated as the real event recorder does, and retried with an exponential
+backoff (the real controller requeues the Job through its rate limiter). The controller also
+keeps ResourceQuota status current, as kube-controller-manager's quota controller does.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubequant_localkube import errors, podenv
+from kubequant_localkube import errors, podadmission, podenv
 from kubequant_localkube.jobmodel import (
     cond,
     container_name,
@@ -73,6 +80,14 @@ log = logging.getLogger(__name__)
 class JobController:
     """Runs beside the emulator in its event loop and uses the store in-process."""
 
+    # Retrying a refused pod create: the first wait, doubled after each refusal up to the cap
+    # (the real controller's rate limiter: 1 s doubling to 60 s).
+    create_backoff_initial: float = 0.5
+    create_backoff_max: float = 10.0
+    EVENT_COMPONENT = "job-controller"
+    SIMILAR_MAX = 10  # client-go's EventAggregator: maxEvents, maxIntervalInSeconds
+    SIMILAR_WINDOW = 600.0
+
     def __init__(
         self,
         store: Store,
@@ -112,6 +127,10 @@ class JobController:
         self._queue: asyncio.Queue[WatchEvent] | None = None
         self._main: asyncio.Task[None] | None = None
         self._pod_tasks: set[asyncio.Task[PodResult]] = set()
+        # The event correlator's caches: an identical event's key -> (Event name, count,
+        # first), and per object/type/reason the distinct messages seen (with when, seconds).
+        self._recorded: dict[tuple[str, ...], tuple[str, int, str]] = {}
+        self._similar: dict[tuple[str, ...], tuple[float, set[str]]] = {}
 
     # ------------------------------------------------------------------ paths and settings
     def pvc_dir(self, claim: str) -> Path:
@@ -160,7 +179,7 @@ class JobController:
 
     def _on_event(self, event: WatchEvent) -> None:
         # Called under the store's lock from any thread: hand over to our loop.
-        if event.key not in {("batch", "jobs"), ("", "pods")}:
+        if event.key not in {("batch", "jobs"), ("", "pods"), podadmission.QUOTAS_KEY}:
             return
         loop, queue = self._loop, self._queue
         if loop is None or queue is None:
@@ -174,8 +193,10 @@ class JobController:
             event = await self._queue.get()
             meta = event.obj.get("metadata", {})
             key = (meta.get("namespace", ""), meta["name"])
-            if event.key == ("", "pods"):
-                self.kubelet.on_pod_event(event.type, key)
+            if event.key in (("", "pods"), podadmission.QUOTAS_KEY):
+                if event.key == ("", "pods"):
+                    self.kubelet.on_pod_event(event.type, key)
+                self._sync_quotas(key[0])
                 continue
             if ev := self._changed.get(key):
                 ev.set()
@@ -233,6 +254,7 @@ class JobController:
 
     async def _job_loop(self, ns: str, name: str, uid: str) -> None:
         attempt = 0
+        refusals = 0  # pod creates refused in a row
         while True:
             job = self._get_job(ns, name, uid)
             if job is None:
@@ -248,11 +270,23 @@ class JobController:
                 continue
             job = self._start_or_resume(job) or job
             status = job.get("status") or {}
+            left = deadline_left(job)
+            if left is not None and left <= 0:
+                self._fail(
+                    job,
+                    {"active": 0, "ready": 0},
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                )
+                continue
             outcome = self.outcomes.resolve(job, attempt)
             pod_name = self._create_pod(job)
             if pod_name is None:
-                await self._wait_change(ns, name, 1.0)
+                delay = min(self.create_backoff_initial * 2**refusals, self.create_backoff_max)
+                refusals += 1
+                await self._wait_change(ns, name, delay if left is None else min(delay, left))
                 continue
+            refusals = 0
             run = asyncio.create_task(self._run_pod(job, ns, pod_name, outcome))
             self._pod_tasks.add(run)
             run.add_done_callback(self._pod_tasks.discard)
@@ -430,23 +464,91 @@ class JobController:
 
     # ------------------------------------------------------------------ pods
     def _create_pod(self, job: Obj) -> str | None:
+        """Create the Job's pod; None when the API server refuses it (a FailedCreate event
+        on the Job records why; the caller retries)."""
         meta = job["metadata"]
         pod = pod_for(job)
-        pod_spec = pod["spec"]
-        sa = pod_spec.get("serviceAccountName") or "default"
-        sas = self.store.resource("", "v1", "serviceaccounts")
-        if sa != "default" and self.store.try_get(sas, meta["namespace"], sa) is None:
-            # The ServiceAccount admission plugin refuses the pod; the controller retries.
-            return None
         try:
             created = self.store.create(
                 self.store.resource("", "v1", "pods"), meta["namespace"], pod
             )
-        except errors.ApiError:
+        except errors.ApiError as exc:
+            log.info(
+                "pod create refused",
+                extra={"component": "localkube", "job": meta["name"], "error": exc.message},
+            )
+            self.record_event(job, "Warning", "FailedCreate", f"Error creating: {exc.message}")
             return None
         name = str(created["metadata"]["name"])
         self._patch_job_status(job, {"active": 1, "ready": 0})
         return name
+
+    # ------------------------------------------------------------------ events and quotas
+    def record_event(self, job: Obj, etype: str, reason: str, message: str) -> None:
+        """A core/v1 Event on ``job`` as client-go's event recorder writes it: named
+        ``<job>.<hex nanoseconds>``; an identical event (same object, type, reason, message)
+        is aggregated by bumping ``count`` and ``lastTimestamp`` on the same Event; from the
+        10th distinct message of the same object/type/reason within 10 minutes, they are
+        combined into one Event ``(combined from similar events): <latest message>``."""
+        meta = job["metadata"]
+        ns = meta["namespace"]
+        ref = {
+            "kind": "Job",
+            "namespace": ns,
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "apiVersion": "batch/v1",
+            "resourceVersion": meta.get("resourceVersion", ""),
+        }
+        similar_key = (self.EVENT_COMPONENT, ns, meta["name"], meta["uid"], etype, reason)
+        since, messages = self._similar.get(similar_key, (time.monotonic(), set()))
+        if time.monotonic() - since > self.SIMILAR_WINDOW:
+            since, messages = time.monotonic(), set()
+        messages.add(message)
+        self._similar[similar_key] = (since, messages)
+        key: tuple[str, ...] = (*similar_key, message)
+        if len(messages) >= self.SIMILAR_MAX:
+            key = similar_key
+            message = f"(combined from similar events): {message}"
+        events = self.store.resource("", "v1", "events")
+        now = ts()
+        seen = self._recorded.get(key)
+        if seen is not None:
+            event_name, count, first = seen
+            patch = {"count": count + 1, "lastTimestamp": now, "message": message}
+            try:
+                self.store.patch(events, ns, event_name, "strategic", patch)
+            except errors.ApiError:
+                pass  # deleted meanwhile: record it anew
+            else:
+                self._recorded[key] = (event_name, count + 1, first)
+                return
+        event_name = f"{meta['name']}.{time.time_ns():x}"
+        body: Obj = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": event_name, "namespace": ns},
+            "involvedObject": ref,
+            "reason": reason,
+            "message": message,
+            "source": {"component": self.EVENT_COMPONENT},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "type": etype,
+            "eventTime": None,
+            "reportingComponent": self.EVENT_COMPONENT,
+            "reportingInstance": "",
+        }
+        try:
+            self.store.create(events, ns, body)
+        except errors.ApiError:
+            return  # e.g. the namespace is terminating: the real recorder drops it too
+        self._recorded[key] = (event_name, 1, now)
+
+    def _sync_quotas(self, namespace: str) -> None:
+        with contextlib.suppress(errors.ApiError):
+            podadmission.sync_quota_status(self.store, namespace)
 
     async def _run_pod(self, job: Obj, ns: str, pod: str, outcome: Outcome) -> PodResult:
         process = outcome.run_process or (self.run_pods and outcome is self.outcomes.default)

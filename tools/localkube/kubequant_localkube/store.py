@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubequant_localkube import admission as admission_mod
-from kubequant_localkube import defaults, errors, patching
+from kubequant_localkube import defaults, errors, patching, podadmission
 from kubequant_localkube import resources as res_mod
 from kubequant_localkube.crds import prepare_crd
 from kubequant_localkube.gc import GarbageCollector
@@ -289,6 +289,8 @@ class Store:
                 )
             without_server_fields(res, obj)
             warn = self.admission.admit(res, obj, None, field_validation, subresource=None)
+            generated = not (body.get("metadata") or {}).get("name")
+            warn += podadmission.admit_create(self, res, obj, generated=generated)
             if warnings is not None:
                 warnings.extend(warn)
             defaults.early_defaults(res.key, obj)
