@@ -1,9 +1,15 @@
 """The engine's command line (console script ``kubequant-engine``, or ``python -m optimizer_job``).
 
     kubequant-engine run -f manifest.yaml [--model URI|PATH] [--output URI|PATH]
-                         [--overwrite] [--dry-run] [--results FILE]
+                         [--overwrite] [--dry-run] [--results FILE] [-o table|json|yaml]
     kubequant-engine run-in-cluster
     kubequant-engine validate -f manifest.yaml
+    kubequant-engine --version
+    kubequant-engine --print-completion bash|zsh
+
+Every command takes ``--log-format auto|json|text`` (default ``KUBEQUANT_LOG_FORMAT``,
+else ``auto``: readable lines and a progress bar when stderr is a terminal, JSON lines
+otherwise). Results go to stdout, logs to stderr; an error is reported once (one log line).
 
 ``run`` and ``run-in-cluster`` share one code path (:mod:`optimizer_job.pipeline`); the
 in-cluster entry reads its object from the API (namespace, name, uid and generation from
@@ -17,19 +23,32 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
+import shtab
 import yaml
 
 from kubequant_api.constants import KIND, ExitCode
 from kubequant_api.errors import InvalidSpecError, KubequantError
-from kubequant_api.logs import setup_logging
 from kubequant_api.models import ModelOptimizationSpec, Result, parse_manifest
 from optimizer_job import artifact
-from optimizer_job.settings import EngineSettings, load_settings
+from optimizer_job.report.logs import configure_logging
+from optimizer_job.settings import LOG_FORMATS, EngineSettings, load_settings
 
 log = logging.getLogger("optimizer_job.cli")
+
+OUTPUT_FORMATS: Final = ("table", "json", "yaml")
+DISTRIBUTION: Final = "kubequant"
+
+
+def version() -> str:
+    """The installed kubequant distribution's version."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _as_uri(value: str) -> str:
@@ -159,12 +178,25 @@ def cmd_run(args: argparse.Namespace, settings: EngineSettings) -> int:
         outcome = pipeline.run(spec, ctx, settings, reporter)
     finally:
         _close(reporter)
-    print_table(outcome.result, outcome.reason, outcome.message, sys.stdout)
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         artifact.write_results_file(Path(args.results), outcome.results_document)
+    print_results(outcome.results_document, args.output_format, sys.stdout)
+    if args.results and args.output_format == "table":
         print(f"results: {args.results}")
     return int(outcome.exit_code)
+
+
+def print_results(document: dict[str, Any], output_format: str, out: TextIO) -> None:
+    """The run's results document (what results.json holds) as a table, JSON or YAML."""
+    if output_format == "json":
+        out.write(json.dumps(document, indent=2) + "\n")
+    elif output_format == "yaml":
+        out.write(yaml.safe_dump(document, sort_keys=False))
+    else:
+        result = Result.model_validate(document["result"])
+        print_table(result, document["reason"], document["message"], out)
+    out.flush()
 
 
 def _identity(settings: EngineSettings) -> tuple[str, str, str, int]:
@@ -239,20 +271,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kubequant-engine", description="kubequant's optimization engine"
+    # Options every command takes, before or after the command's name.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=argparse.SUPPRESS,
+        help="auto: text on a terminal, JSON otherwise (default: $KUBEQUANT_LOG_FORMAT or auto)",
     )
+    parser = argparse.ArgumentParser(
+        prog="kubequant-engine", description="kubequant's optimization engine", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    shtab.add_argument_to(parser, ["--print-completion"], help="print a shell completion script")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a ModelOptimization manifest locally")
-    run.add_argument("-f", "--file", required=True, help="manifest YAML ('-' for stdin)")
+    run = sub.add_parser("run", help="run a ModelOptimization manifest locally", parents=[common])
+    run.add_argument(
+        "-f", "--file", required=True, help="manifest YAML ('-' for stdin)"
+    ).complete = shtab.FILE  # type: ignore[attr-defined]
     run.add_argument("--model", help="override spec.model.uri (a URI, or a local path)")
     run.add_argument("--output", help="override spec.output.uri (a URI, or a local directory)")
     run.add_argument("--overwrite", action="store_true", help="set spec.output.overwrite")
     run.add_argument("--dry-run", action="store_true", help="set spec.dryRun (preflight only)")
-    run.add_argument("--results", help="also write results.json here (success or failure)")
-    sub.add_parser("run-in-cluster", help="run the object named by KUBEQUANT_OBJECT_* (in a Job)")
-    val = sub.add_parser("validate", help="check a manifest without running it")
-    val.add_argument("-f", "--file", required=True, help="manifest YAML ('-' for stdin)")
+    run.add_argument(
+        "--results", help="also write results.json here (success or failure)"
+    ).complete = shtab.FILE  # type: ignore[attr-defined]
+    run.add_argument(
+        "-o",
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default="table",
+        help="how to print the results on stdout (json and yaml: the results.json document)",
+    )
+    sub.add_parser(
+        "run-in-cluster",
+        help="run the object named by KUBEQUANT_OBJECT_* (in a Job)",
+        parents=[common],
+    )
+    val = sub.add_parser("validate", help="check a manifest without running it", parents=[common])
+    val.add_argument(
+        "-f", "--file", required=True, help="manifest YAML ('-' for stdin)"
+    ).complete = shtab.FILE  # type: ignore[attr-defined]
     return parser
 
 
@@ -261,9 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
     except InvalidSpecError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {exc}\n")  # logging is not set up without settings
         return int(ExitCode.INVALID_SPEC)
-    setup_logging("engine", settings.log_level)
+    configure_logging(settings.log_level, getattr(args, "log_format", settings.log_format))
     try:
         if args.command == "run":
             return cmd_run(args, settings)
@@ -274,8 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from optimizer_job.pipeline import exit_code_for
 
         code, reason = exit_code_for(exc)
-        log.error("%s: %s", reason, exc)
-        sys.stderr.write(f"error: {exc}\n")
+        # Once: the log line is the message (JSON in a Job, a readable line on a terminal).
+        log.error("%s", exc, extra={"reason": reason, "exit_code": int(code)})
         return int(code)
 
 

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CONFIG_FILE_ENV", "ENV_VARS", "EngineSettings", "load_settings"]
 
 DEVICES: Final = ("auto", "cpu", "cuda")
+LOG_FORMATS: Final = ("auto", "json", "text")
 DEFAULT_TERMINATION_LOG: Final = Path("/dev/termination-log")
 DEFAULT_PUSH_TIMEOUT_S: Final = 10.0
 DEFAULT_PROGRESS_INTERVAL_S: Final = 1.0
@@ -115,6 +116,8 @@ class EngineSettings(KubequantSettings):
     """least time between two status.progress writes (not a number: the default)"""
     log_level: str = "INFO"
     """DEBUG, INFO, WARNING, ERROR"""
+    log_format: str = "auto"
+    """auto (text on a terminal, else JSON), json or text; --log-format overrides it"""
     device: str = "auto"
     """auto (cuda when available), cpu or cuda"""
     bench_repeats: int = 10
@@ -157,6 +160,13 @@ class EngineSettings(KubequantSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"must be one of {LOG_LEVELS}")
         return value.upper()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value.lower() not in LOG_FORMATS:
+            raise ValueError(f"must be one of {LOG_FORMATS}, got {value!r}")
+        return value.lower()
 
     @field_validator("device")
     @classmethod

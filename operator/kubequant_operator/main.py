@@ -12,9 +12,11 @@ import contextlib
 import logging
 import socket
 import threading
+from importlib import metadata
 from typing import Any
 
 import kopf
+import shtab
 
 from kubequant_api.errors import KubequantError
 from kubequant_api.logs import JsonFormatter, setup_logging
@@ -126,12 +128,21 @@ async def run_operator(
     await OperatorRuntime(settings).run(stop_flag=stop_flag, ready_flag=ready_flag)
 
 
+def _version() -> str:
+    try:
+        return metadata.version("kubequant")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kubequant-operator",
         description="The kubequant operator. Configured by KUBEQUANT_* environment variables "
         "and the YAML file named by KUBEQUANT_CONFIG_FILE.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    shtab.add_argument_to(parser, ["--print-completion"], help="print a shell completion script")
     parser.parse_args(argv)
     try:
         settings = Settings.load()

@@ -220,6 +220,7 @@ def test_operator_image_contains_everything_the_operator_imports() -> None:
         "pydantic",
         "pydantic_core",  # installed with pydantic
         "pydantic_settings",  # a base dependency (the settings loader in kubequant_api)
+        "shtab",  # a base dependency (shell completion of the command line)
         "yaml",
     }
     used = top_level_imports(REPO_ROOT / "operator" / "kubequant_operator")

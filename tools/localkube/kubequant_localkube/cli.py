@@ -7,7 +7,10 @@ import os
 import signal
 import sys
 import threading
+from importlib import metadata
 from pathlib import Path
+
+import shtab
 
 from kubequant_api.logs import setup_logging
 from kubequant_localkube.cluster import LocalCluster
@@ -24,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="kubequant-localkube",
         description="A local Kubernetes API emulator and Job controller (no cluster needed).",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {metadata.version('kubequant-localkube')}"
+    )
+    shtab.add_argument_to(parser, ["--print-completion"], help="print a shell completion script")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the API on 127.0.0.1 until Ctrl-C")
     serve.add_argument(
