@@ -13,6 +13,7 @@ spec's validator checks against it once, leaving the typed plan on the parsed sp
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -145,19 +146,303 @@ class Output(ApiModel):
     overwrite: bool = Field(False, description="Replace an existing artifact at the output.")
 
 
+# Pod placement. The operator copies these fields into the Job's pod template (and queueName
+# into the Kueue label), so the CRD refuses at admission what the API server would refuse in
+# the Job (pkg/apis/core/validation: ValidateTolerations, validateAffinity,
+# IsExtendedResourceName, ValidatePriorityClassName; IsValidLabelValue for the queue label).
+# Single-field formats are OpenAPI patterns (no CEL cost); cross-field rules are CEL, on
+# bounded lists and strings so the API server's cost estimate stays within its budget.
+_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_QUALIFIED_NAME = rf"({_DNS_SUBDOMAIN}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?"
+QUALIFIED_NAME_PATTERN = rf"^{_QUALIFIED_NAME}$"
+OPTIONAL_QUALIFIED_NAME_PATTERN = rf"^({_QUALIFIED_NAME})?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+OPTIONAL_DNS_SUBDOMAIN_PATTERN = rf"^({_DNS_SUBDOMAIN})?$"
+EXTENDED_RESOURCE_PATTERN = (
+    rf"^({_DNS_SUBDOMAIN}/[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?)?$"
+)
+# A qualified name is at most 253 (prefix) + 1 + 63 (name) characters.
+MAX_QUALIFIED_NAME = 317
+MAX_SELECTOR_TERMS = 16  # terms, weighted terms and requirements per list
+MAX_SELECTOR_VALUES = 64
+
+QualifiedName = Annotated[str, Field(max_length=MAX_QUALIFIED_NAME, pattern=QUALIFIED_NAME_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+
+
+def _cel(rules: list[dict[str, str]]) -> Callable[[dict[str, Any]], None]:
+    """A CRD node's ``x-kubernetes-validations``, added when the schema is made."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["x-kubernetes-validations"] = [dict(r) for r in rules]
+
+    return extra
+
+
+_TOLERATION_RULES = [
+    {
+        "rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) "
+        "|| self.value == ''",
+        "message": "value must be empty when `operator` is 'Exists'",
+        "fieldPath": ".operator",
+    },
+    {
+        "rule": "(has(self.key) && self.key != '') || (has(self.operator) && "
+        "self.operator == 'Exists')",
+        "message": 'operator must be Exists when `key` is empty, which means "match all values '
+        'and all keys"',
+        "fieldPath": ".operator",
+    },
+    {
+        "rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        "message": "effect must be 'NoExecute' when `tolerationSeconds` is set",
+        "fieldPath": ".effect",
+    },
+]
+_IN_NOT_IN = "must be specified when `operator` is 'In' or 'NotIn'"
+_EXISTS = "may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+_GT_LT = "must be specified single value when `operator` is 'Lt' or 'Gt'"
+_REQUIREMENT_RULES = [
+    {
+        "rule": "!(self.operator in ['In', 'NotIn']) "
+        "|| (has(self.values) && size(self.values) > 0)",
+        "message": _IN_NOT_IN,
+        "fieldPath": ".values",
+        "reason": "FieldValueRequired",
+    },
+    {
+        "rule": "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) "
+        "|| size(self.values) == 0",
+        "message": _EXISTS,
+        "fieldPath": ".values",
+        "reason": "FieldValueForbidden",
+    },
+]
+_NODE_REQUIREMENT_RULES = [
+    *_REQUIREMENT_RULES,
+    {
+        "rule": "!(self.operator in ['Gt', 'Lt']) || (has(self.values) && size(self.values) == 1)",
+        "message": _GT_LT,
+        "fieldPath": ".values",
+        "reason": "FieldValueRequired",
+    },
+]
+
+
 class Toleration(ApiModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-    key: str | None = Field(None, description="Taint key the toleration matches; empty: all.")
-    operator: Literal["Exists", "Equal"] | None = Field(
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra=_cel(_TOLERATION_RULES),
+    )
+    key: (
+        Annotated[
+            str, Field(max_length=MAX_QUALIFIED_NAME, pattern=OPTIONAL_QUALIFIED_NAME_PATTERN)
+        ]
+        | None
+    ) = Field(None, description="Taint key the toleration matches (a qualified name); empty: all.")
+    operator: Literal["Exists", "Equal", ""] | None = Field(
         None, description="Equal (the default) compares value; Exists matches any value."
     )
-    value: str | None = Field(None, description="Taint value to match with operator Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+    value: LabelValue | None = Field(
+        None, description="Taint value to match with operator Equal (a label value)."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] | None = Field(
         None, description="Taint effect to match; empty: all effects."
     )
     toleration_seconds: int | None = Field(
         None, description="With NoExecute: how long the pod stays bound after the taint appears."
     )
+
+    def problem(self) -> tuple[str, str] | None:
+        """(field, message) of the first rule of ``ValidateTolerations`` this breaks."""
+        if self.operator == "Exists" and self.value:
+            return "operator", "value must be empty when `operator` is 'Exists'"
+        if not self.key and self.operator != "Exists":
+            return "operator", str(_TOLERATION_RULES[1]["message"])
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            return "effect", "effect must be 'NoExecute' when `tolerationSeconds` is set"
+        return None
+
+
+def _requirement_problem(operator: str, values: list[str] | None) -> str | None:
+    n = len(values or [])
+    if operator in ("In", "NotIn") and n == 0:
+        return _IN_NOT_IN
+    if operator in ("Exists", "DoesNotExist") and n:
+        return _EXISTS
+    if operator in ("Gt", "Lt") and n != 1:
+        return _GT_LT
+    return None
+
+
+class NodeSelectorRequirement(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_cel(_NODE_REQUIREMENT_RULES))
+    key: QualifiedName = Field(description="The node label key (a qualified name).")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"] = Field(
+        description="In/NotIn: values non-empty; Exists/DoesNotExist: no values; Gt/Lt: one."
+    )
+    values: Annotated[list[LabelValue], Field(max_length=MAX_SELECTOR_VALUES)] | None = Field(
+        None, description="Label values."
+    )
+
+
+class NodeFieldSelectorRequirement(ApiModel):
+    key: Literal["metadata.name"] = Field(description="The only node field: metadata.name.")
+    operator: Literal["In", "NotIn"] = Field(description="In or NotIn.")
+    values: Annotated[
+        list[Annotated[str, Field(max_length=253, pattern=f"^{_DNS_SUBDOMAIN}$")]],
+        Field(min_length=1, max_length=1),
+    ] = Field(description="Exactly one node name.")
+
+
+class NodeSelectorTerm(ApiModel):
+    match_expressions: (
+        Annotated[list[NodeSelectorRequirement], Field(max_length=MAX_SELECTOR_TERMS)] | None
+    ) = Field(None, description="Requirements on node labels (ANDed).")
+    match_fields: (
+        Annotated[list[NodeFieldSelectorRequirement], Field(max_length=MAX_SELECTOR_TERMS)] | None
+    ) = Field(None, description="Requirements on node fields (ANDed).")
+
+
+class NodeSelector(ApiModel):
+    node_selector_terms: Annotated[
+        list[NodeSelectorTerm], Field(min_length=1, max_length=MAX_SELECTOR_TERMS)
+    ] = Field(description="Terms (ORed); at least one.")
+
+
+class PreferredSchedulingTerm(ApiModel):
+    weight: int = Field(ge=1, le=100, description="Weight, 1-100.")
+    preference: NodeSelectorTerm = Field(description="The node selector term.")
+
+
+class NodeAffinity(ApiModel):
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
+        None, description="Nodes the pod must run on."
+    )
+    preferred_during_scheduling_ignored_during_execution: (
+        Annotated[list[PreferredSchedulingTerm], Field(max_length=MAX_SELECTOR_TERMS)] | None
+    ) = Field(None, description="Nodes the pod prefers.")
+
+
+class LabelSelectorRequirement(ApiModel):
+    model_config = ConfigDict(json_schema_extra=_cel(_REQUIREMENT_RULES))
+    key: QualifiedName = Field(description="The label key (a qualified name).")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="In/NotIn: values non-empty; Exists/DoesNotExist: no values."
+    )
+    values: Annotated[list[LabelValue], Field(max_length=MAX_SELECTOR_VALUES)] | None = Field(
+        None, description="Label values."
+    )
+
+
+class LabelSelector(ApiModel):
+    match_labels: Annotated[dict[str, LabelValue], Field(max_length=MAX_SELECTOR_VALUES)] | None = (
+        Field(None, description="Labels that must match exactly.")
+    )
+    match_expressions: (
+        Annotated[list[LabelSelectorRequirement], Field(max_length=MAX_SELECTOR_TERMS)] | None
+    ) = Field(None, description="Requirements (ANDed).")
+
+
+class PodAffinityTerm(ApiModel):
+    label_selector: LabelSelector | None = Field(None, description="Pods to (not) co-locate with.")
+    namespace_selector: LabelSelector | None = Field(None, description="Namespaces, by label.")
+    namespaces: (
+        Annotated[
+            list[Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]],
+            Field(max_length=MAX_SELECTOR_VALUES),
+        ]
+        | None
+    ) = Field(None, description="Namespaces, by name.")
+    topology_key: QualifiedName = Field(
+        description="Node label whose value defines the co-location domain (required)."
+    )
+    match_label_keys: (
+        Annotated[list[QualifiedName], Field(max_length=MAX_SELECTOR_TERMS)] | None
+    ) = Field(None, description="Pod label keys merged into labelSelector (In).")
+    mismatch_label_keys: (
+        Annotated[list[QualifiedName], Field(max_length=MAX_SELECTOR_TERMS)] | None
+    ) = Field(None, description="Pod label keys merged into labelSelector (NotIn).")
+
+
+class WeightedPodAffinityTerm(ApiModel):
+    weight: int = Field(ge=1, le=100, description="Weight, 1-100.")
+    pod_affinity_term: PodAffinityTerm = Field(description="The pod affinity term.")
+
+
+class PodAffinity(ApiModel):
+    required_during_scheduling_ignored_during_execution: (
+        Annotated[list[PodAffinityTerm], Field(max_length=MAX_SELECTOR_TERMS)] | None
+    ) = Field(None, description="Terms the pod must satisfy.")
+    preferred_during_scheduling_ignored_during_execution: (
+        Annotated[list[WeightedPodAffinityTerm], Field(max_length=MAX_SELECTOR_TERMS)] | None
+    ) = Field(None, description="Terms the pod prefers.")
+
+
+class Affinity(ApiModel):
+    node_affinity: NodeAffinity | None = Field(None, description="Node affinity.")
+    pod_affinity: PodAffinity | None = Field(None, description="Pod affinity.")
+    pod_anti_affinity: PodAffinity | None = Field(None, description="Pod anti-affinity.")
+
+
+def _affinity_problems(affinity: Affinity, path: str) -> Iterator[tuple[str, str]]:
+    """(field, message) for each selector requirement whose values break its operator."""
+
+    def requirements(
+        items: Sequence[NodeSelectorRequirement | LabelSelectorRequirement] | None, at: str
+    ) -> Iterator[tuple[str, str]]:
+        for i, req in enumerate(items or []):
+            problem = _requirement_problem(req.operator, req.values)
+            if problem:
+                yield f"{at}[{i}].values", problem
+
+    def node_term(term: NodeSelectorTerm, at: str) -> Iterator[tuple[str, str]]:
+        yield from requirements(term.match_expressions, f"{at}.matchExpressions")
+
+    def pod_term(term: PodAffinityTerm, at: str) -> Iterator[tuple[str, str]]:
+        for name, sel in (
+            ("labelSelector", term.label_selector),
+            ("namespaceSelector", term.namespace_selector),
+        ):
+            if sel is not None:
+                yield from requirements(sel.match_expressions, f"{at}.{name}.matchExpressions")
+
+    req, pref = (
+        "requiredDuringSchedulingIgnoredDuringExecution",
+        "preferredDuringSchedulingIgnoredDuringExecution",
+    )
+    node = affinity.node_affinity
+    if node is not None:
+        if node.required_during_scheduling_ignored_during_execution is not None:
+            terms = node.required_during_scheduling_ignored_during_execution.node_selector_terms
+            for i, node_t in enumerate(terms):
+                yield from node_term(node_t, f"{path}.nodeAffinity.{req}.nodeSelectorTerms[{i}]")
+        for i, node_w in enumerate(node.preferred_during_scheduling_ignored_during_execution or []):
+            yield from node_term(node_w.preference, f"{path}.nodeAffinity.{pref}[{i}].preference")
+    for name, pod in (
+        ("podAffinity", affinity.pod_affinity),
+        ("podAntiAffinity", affinity.pod_anti_affinity),
+    ):
+        if pod is None:
+            continue
+        for i, t in enumerate(pod.required_during_scheduling_ignored_during_execution or []):
+            yield from pod_term(t, f"{path}.{name}.{req}[{i}]")
+        for i, w in enumerate(pod.preferred_during_scheduling_ignored_during_execution or []):
+            yield from pod_term(w.pod_affinity_term, f"{path}.{name}.{pref}[{i}].podAffinityTerm")
+
+
+_GPU_RESOURCE_RULES = [
+    {
+        "rule": "!self.contains('kubernetes.io/')",
+        "message": "must be an extended resource name, outside the kubernetes.io/ namespace",
+    },
+    {
+        "rule": "!self.startsWith('requests.')",
+        "message": "must be an extended resource name, without the requests. prefix",
+    },
+]
 
 
 class Resources(ApiModel):
@@ -168,8 +453,17 @@ class Resources(ApiModel):
         description="GPUs requested (count of gpuResourceName); 0 = CPU only. Unset: 1 for "
         "bnb-*, gptq, awq and torchao-int4-weight, 0 for the others.",
     )
-    gpu_resource_name: Annotated[str, Field(max_length=253)] = Field(
-        "nvidia.com/gpu", description="Extended resource name of the GPU."
+    gpu_resource_name: Annotated[
+        str,
+        Field(
+            max_length=253,
+            pattern=EXTENDED_RESOURCE_PATTERN,
+            json_schema_extra=_cel(_GPU_RESOURCE_RULES),
+        ),
+    ] = Field(
+        "nvidia.com/gpu",
+        description="Extended resource name of the GPU: a domain-prefixed name "
+        "(vendor.example/gpu), not in the kubernetes.io/ or requests. namespaces.",
     )
     cpu: Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32)] | None = Field(
         None, description="CPU request and limit; default from operator configuration."
@@ -181,12 +475,30 @@ class Resources(ApiModel):
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(
         default_factory=list, description="Pod tolerations."
     )
-    affinity: dict[str, Any] = Field(
-        default_factory=dict, description="Pod affinity (core/v1 Affinity), passed through."
+    affinity: Affinity | None = Field(
+        None, description="Pod affinity (core/v1 Affinity), copied into the Job's pod."
     )
-    priority_class_name: Annotated[str, Field(max_length=253)] = Field(
-        "", description="Pod priorityClassName."
-    )
+    priority_class_name: Annotated[
+        str, Field(max_length=253, pattern=OPTIONAL_DNS_SUBDOMAIN_PATTERN)
+    ] = Field("", description="Pod priorityClassName (a DNS-1123 subdomain).")
+
+    @model_validator(mode="after")
+    def _placement(self) -> Resources:
+        # Raised as ValueError inside pydantic; ``parse_spec`` turns it into InvalidSpecError
+        # naming the same field as the CRD's rule.
+        name, where = self.gpu_resource_name, "spec.resources.gpuResourceName"
+        if "kubernetes.io/" in name:
+            raise ValueError(f"{where}: {_GPU_RESOURCE_RULES[0]['message']}")
+        if name.startswith("requests."):
+            raise ValueError(f"{where}: {_GPU_RESOURCE_RULES[1]['message']}")
+        for i, toleration in enumerate(self.tolerations):
+            problem = toleration.problem()
+            if problem:
+                raise ValueError(f"spec.resources.tolerations[{i}].{problem[0]}: {problem[1]}")
+        if self.affinity is not None:
+            for field, message in _affinity_problems(self.affinity, "spec.resources.affinity"):
+                raise ValueError(f"{field}: {message}")
+        return self
 
 
 class Cache(ApiModel):
@@ -225,8 +537,10 @@ class ModelOptimizationSpec(ApiModel):
     ttl_seconds_after_finished: int = Field(
         86400, ge=0, le=2592000, description="Job ttlSecondsAfterFinished."
     )
-    queue_name: Annotated[str, Field(max_length=63)] = Field(
-        "", description="Kueue LocalQueue: the Job is created suspended with the queue label."
+    queue_name: Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)] = Field(
+        "",
+        description="Kueue LocalQueue (a label value): the Job is created suspended with the "
+        "queue label.",
     )
     cache: Cache = Field(default_factory=Cache, description="Shared model-download cache.")
     suspend: bool = Field(False, description="true: no Job runs (a running one is stopped).")

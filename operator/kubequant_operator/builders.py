@@ -386,7 +386,7 @@ def build_job(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) 
     if res.tolerations:
         pod_spec["tolerations"] = [t.to_api() for t in res.tolerations]
     if res.affinity:
-        pod_spec["affinity"] = dict(res.affinity)
+        pod_spec["affinity"] = res.affinity.to_api()
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
     if s.image_pull_secrets:

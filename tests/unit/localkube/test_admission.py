@@ -35,7 +35,10 @@ def _schema() -> dict[str, Any]:
 
 
 SCHEMA = _schema()
-RULES = admission.all_rules(SCHEMA)
+# The pod-placement rules (tolerations, affinity, gpuResourceName) sit on nested nodes; each
+# kind of them is driven through kubectl in tests/unit/api/test_placement_validation.py.
+PLACEMENT = ".properties[spec].properties[resources].properties["
+RULES = [(p, r) for p, r in admission.all_rules(SCHEMA) if not p.startswith(PLACEMENT)]
 PARAM_KEYS = sorted(SCHEMA["properties"]["spec"]["properties"]["params"]["properties"])
 
 

@@ -218,6 +218,17 @@ def test_gpu_resource_name_default_from_settings_and_spec_override() -> None:
     assert _container(job)["resources"]["limits"]["gpu.intel.com/i915"] == "1"
 
 
+AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}
+            ]
+        }
+    }
+}
+
+
 def test_cpu_memory_defaults_and_scheduling() -> None:
     s = Settings(default_cpu="3", default_memory="5Gi", image_pull_secrets=("regcred",))
     job = _job(make_object(), s)
@@ -228,7 +239,7 @@ def test_cpu_memory_defaults_and_scheduling() -> None:
             "memory": "2Gi",
             "nodeSelector": {"pool": "cpu"},
             "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            "affinity": {"nodeAffinity": {"x": 1}},
+            "affinity": AFFINITY,
             "priorityClassName": "batch-low",
         },
         image="registry.local/engine:custom",
@@ -238,7 +249,7 @@ def test_cpu_memory_defaults_and_scheduling() -> None:
     assert _container(job)["resources"]["limits"] == {"cpu": "500m", "memory": "2Gi"}
     assert pod["nodeSelector"] == {"pool": "cpu"}
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert pod["affinity"] == {"nodeAffinity": {"x": 1}}
+    assert pod["affinity"] == AFFINITY
     assert pod["priorityClassName"] == "batch-low"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert _container(job)["image"] == "registry.local/engine:custom"
