@@ -77,7 +77,7 @@ def _grant(
     kubectl: Kubectl, name: str, rule: str, *, subject: str = "", cluster: bool = False
 ) -> None:
     """As the admin: a (Cluster)Role ``name`` with ``rule``, bound to ``subject`` (default: dev).
-    (YAML: kubectl's imperative ``create role`` sends protobuf, which the emulator refuses.)"""
+    (YAML, to set any rule in one apply; ``kubectl create role`` is in test_protobuf_rbac.py.)"""
     subject = subject or "{kind: ServiceAccount, name: dev, namespace: default}"
     kind, meta = (
         ("ClusterRole", f"{{name: {name}}}")
