@@ -148,6 +148,27 @@ def test_disruption_is_ignored_then_success(h: Helper) -> None:
     assert (h.get("evicted") or {})["status"].get("failed", 0) == 0
 
 
+def test_rules_in_order_an_exit_code_rule_matches_a_disrupted_pod_too(h: Helper) -> None:
+    """matchPodFailurePolicy: first matching rule wins, disrupted pods included; a rule
+    naming another container does not match."""
+    policy = {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "other", "operator": "In", "values": [143]},
+            },
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [143]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+    h.cluster.outcomes["killed"] = [Outcome(exit_code=143, disruption=True), Outcome()]
+    h.create(job("killed", backoffLimit=3, podFailurePolicy=policy))
+    conds = wait_for(lambda: h.finished("killed"))
+    assert conds["Failed"]["reason"] == "PodFailurePolicy"
+    assert "matching FailJob rule at index 1" in conds["Failed"]["message"]
+    assert len(h.pods_of("killed")) == 1
+
+
 def test_unschedulable_until_deadline(h: Helper) -> None:
     h.cluster.outcomes["stuck"] = Outcome(pending="Unschedulable")
     h.cluster.outcomes["pull"] = Outcome(

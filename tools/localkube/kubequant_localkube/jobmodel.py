@@ -117,12 +117,20 @@ def container_name(job: Obj) -> str:
 
 
 def failure_action(job: Obj, result: PodResult) -> tuple[str, int]:
-    """What ``podFailurePolicy`` says to do with a failed pod: (action, rule index)."""
+    """What ``podFailurePolicy`` says to do with a failed pod: (action, rule index).
+
+    As ``matchPodFailurePolicy`` (pkg/controller/job/pod_failure_policy.go): rules in order,
+    the first match wins; an ``onExitCodes`` rule looks at the (one) container's non-zero
+    exit code, named by ``containerName`` when set, disrupted pods included; an
+    ``onPodConditions`` rule matches the pod's DisruptionTarget condition.
+    """
     policy = (job.get("spec") or {}).get("podFailurePolicy") or {}
+    container = container_name(job)
     for index, rule in enumerate(policy.get("rules") or []):
         action = rule.get("action", "Count")
         codes = rule.get("onExitCodes")
-        if codes and not result.disruption:
+        named = (codes or {}).get("containerName")
+        if codes and result.exit_code and (not named or named == container):
             op = codes.get("operator", "In")
             values = {int(v) for v in codes.get("values") or []}
             hit = (result.exit_code in values) if op == "In" else (result.exit_code not in values)
