@@ -480,31 +480,6 @@ def _walk_rules(schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, 
     return out
 
 
-def validate_builtin(res: resources.Resource, obj: dict[str, Any], version: str) -> None:
-    """Validate a built-in kind against the official schema of Kubernetes ``version`` (from
-    the kubernetes-validate package); a violation is a 422 naming the field."""
-    import kubernetes_validate
-
-    try:
-        kubernetes_validate.validate(obj, version)
-    except kubernetes_validate.SchemaNotFoundError:
-        return
-    except kubernetes_validate.ValidationError as exc:
-        parts = list(exc.path)
-        if exc.validator == "required" and isinstance(exc.instance, dict):
-            missing = exc.message.split("'")[1] if "'" in exc.message else ""
-            parts.append(missing)
-            message = "Required value"
-        else:
-            message = f"Invalid value: {_shown(exc.instance)}: {exc.message}"
-        field = ""
-        for part in parts:
-            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-        name = (obj.get("metadata") or {}).get("name", "")
-        cause = {"field": field, "reason": INVALID, "message": message}
-        raise errors.invalid(res.kind, res.group, name, [cause]) from exc
-
-
 def all_rules(schema: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """Every (schema path, rule) of a CRD version's schema, for tests and tooling."""
     return _walk_rules(schema, "")

@@ -54,7 +54,7 @@ class LocalCluster:
         run_pods: bool = False,
         job_controller: bool = True,
         pod_start_delay: float = 0.05,
-        validate_builtins: bool = False,
+        validate_builtins: bool = True,
         owner_references_permission_enforcement: bool = False,
     ) -> None:
         self.host = host or "127.0.0.1"

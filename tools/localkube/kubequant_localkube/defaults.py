@@ -55,7 +55,9 @@ def apply_builtin_defaults(key: tuple[str, str], obj: Obj) -> None:
         spec.setdefault("parallelism", 1)
         spec.setdefault("completionMode", "NonIndexed")
         spec.setdefault("suspend", False)
-        spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
+        # Failed with a podFailurePolicy (the only value allowed with one), as SetDefaults_Job.
+        replacement = "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed"
+        spec.setdefault("podReplacementPolicy", replacement)
         uid = meta["uid"]
         template = spec.setdefault("template", {})
         if not spec.get("manualSelector"):

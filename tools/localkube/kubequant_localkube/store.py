@@ -21,6 +21,7 @@ from typing import Any
 from kubequant_localkube import admission as admission_mod
 from kubequant_localkube import defaults, errors, patching, podadmission
 from kubequant_localkube import resources as res_mod
+from kubequant_localkube import validation
 from kubequant_localkube.crds import prepare_crd
 from kubequant_localkube.gc import GarbageCollector
 from kubequant_localkube.objects import (
@@ -85,10 +86,10 @@ class Store:
         # A real API server answers 415 to a strategic merge patch of a custom resource; by
         # default it is applied here as a JSON merge patch (lists replaced) instead.
         self.reject_strategic_for_custom = False
-        # Validate built-in kinds (Jobs, Pods, RBAC, ...) against the official schemas of this
-        # Kubernetes version (kubernetes-validate); ~15 ms per write. Off by default: those
-        # schemas mark some fields required that the API server defaults instead.
-        self.validate_builtins = False
+        # Validate built-in kinds (Jobs, Pods, RBAC, ...) as the API server does: the official
+        # schemas of this Kubernetes version, then its cross-field rules (see .validation).
+        # Always on; the flag is only an escape hatch.
+        self.validate_builtins = True
         self.kubernetes_version = "1.32"
         for ns in DEFAULT_NAMESPACES:
             self.create(self.resource("", "v1", "namespaces"), None, {"metadata": {"name": ns}})
@@ -295,7 +296,7 @@ class Store:
                 warnings.extend(warn)
             defaults.early_defaults(res.key, obj)
             if self.validate_builtins and not res.is_custom:
-                admission_mod.validate_builtin(res, obj, self.kubernetes_version)
+                validation.validate_builtin(res, obj, self.kubernetes_version)
             if res.key == CRD_KEY:
                 prepare_crd(obj, self.admission)
             meta["uid"] = str(uuid.uuid4())
@@ -439,7 +440,7 @@ class Store:
             warnings.extend(warn)
         defaults.early_defaults(res.key, new)
         if self.validate_builtins and not res.is_custom and subresource is None:
-            admission_mod.validate_builtin(res, new, self.kubernetes_version)
+            validation.validate_builtin(res, new, self.kubernetes_version)
         if spec_part(new, res.has_status) != spec_part(old, res.has_status):
             nmeta["generation"] = int(ometa.get("generation", 1)) + 1
         if not nmeta.get("finalizers"):
