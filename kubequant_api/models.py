@@ -54,6 +54,7 @@ from kubequant_api.status import (  # the status half of the API, re-exported
     Measurements,
     ModelOptimizationStatus,
     Progress,
+    Reproducibility,
     Result,
 )
 
@@ -678,6 +679,7 @@ __all__ = [
     "PlannedMethod",
     "Progress",
     "QualityGate",
+    "Reproducibility",
     "Resources",
     "Result",
     "TorchaoInt4Params",

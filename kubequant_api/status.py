@@ -132,6 +132,33 @@ class Result(ApiModel):
     )
 
 
+class Reproducibility(ApiModel):
+    """What a run's figures depend on besides its spec. Carried by ``results.json`` (key
+    ``reproducibility``) and the model card only, never by the object's status."""
+
+    source_uri: str = Field(description="spec.model.uri (credentials removed).")
+    source_revision: str = Field(
+        description="The commit an hf:// source resolved to (40 hex), otherwise 'sha256:' and "
+        "the digest of the input files' manifest (as outputDigest)."
+    )
+    library_versions: dict[str, str] = Field(
+        default_factory=dict,
+        description="Installed versions of Python, the engine and the libraries the run used.",
+    )
+    calibration_source: str = Field(description="Where the texts came from, or 'builtin'.")
+    calibration_samples: int = Field(0, ge=0, description="Calibration texts used.")
+    calibration_digest: str | None = Field(
+        None,
+        description="'sha256:' over the calibration texts used, in order (JSON array, UTF-8); "
+        "none when no method needed calibration.",
+    )
+    evaluation_samples: int = Field(0, ge=0, description="Evaluation texts used.")
+    evaluation_digest: str | None = Field(
+        None, description="'sha256:' over the evaluation texts, as calibrationDigest."
+    )
+    seed: int = Field(description="Seed set before quantization and evaluation.")
+
+
 class ModelOptimizationStatus(ApiModel):
     phase: Phase | None = Field(None, description="Pending, Running, Succeeded or Failed.")
     observed_generation: int | None = Field(

@@ -7,10 +7,14 @@
 
 Without ``spec.evaluation.datasetUri`` the evaluation texts are a held-out slice that never
 overlaps the calibration texts.
+
+:func:`texts_digest` names a list of texts for the record (``results.json``, the model card):
+``sha256:`` + the SHA-256 of the texts, in order, as a compact JSON array in UTF-8.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -83,6 +87,12 @@ def load_dataset(uri: str, settings: EngineSettings, field: str) -> list[str]:
     if not texts:
         raise InvalidSpecError(field, f"{redact(uri)} holds no text samples")
     return texts
+
+
+def texts_digest(texts: list[str]) -> str:
+    """``sha256:`` over ``texts`` in order (a JSON array, so no two lists share a digest)."""
+    payload = json.dumps(texts, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return "sha256:" + hashlib.sha256(payload).hexdigest()
 
 
 @dataclass(frozen=True)
