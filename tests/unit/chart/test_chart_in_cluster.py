@@ -34,6 +34,7 @@ Res = tuple[str, str, str]  # (group, version, plural)
 SECRETS: Res = ("", "v1", "secrets")
 PVCS: Res = ("", "v1", "persistentvolumeclaims")
 MOPTS: Res = ("kubequant.io", "v1alpha1", "modeloptimizations")
+PRIORITY_CLASSES: Res = ("scheduling.k8s.io", "v1", "priorityclasses")
 
 
 # Granted although this scenario makes no such call, each with the reason.
@@ -43,12 +44,7 @@ GRANTED_FOR_ADMISSION: dict[Rule, str] = {
         "whose ownerReference to the ModelOptimization sets blockOwnerDeletion"
     ),
 }
-GRANTED_FOR_UNEXERCISED_PATHS: dict[Rule, str] = {
-    ("", "events", "list"): (
-        "listed only when a Job has no pods (its FailedCreate events); here every Job gets pods"
-    ),
-}
-GRANTED_WITHOUT_A_CALL = set(GRANTED_FOR_ADMISSION) | set(GRANTED_FOR_UNEXERCISED_PATHS)
+GRANTED_WITHOUT_A_CALL = set(GRANTED_FOR_ADMISSION)
 
 
 def _rules(role: dict[str, Any]) -> set[Rule]:
@@ -75,7 +71,7 @@ class Objects:
         self.cluster = cluster
         self.store = cluster.store
 
-    def create(self, res: Res, ns: str, body: dict[str, Any]) -> Any:
+    def create(self, res: Res, ns: str | None, body: dict[str, Any]) -> Any:
         r = self.store.resource(*res)
         return _store_call(self.cluster, lambda: self.store.create(r, ns, body))
 
@@ -225,9 +221,13 @@ async def _healthz(port: int, timeout: float = 15.0) -> int:
 
 
 async def _run_scenario(cluster: Any, settings: Any, ns: str) -> dict[str, Any]:
-    """PVC + object naming a missing Secret -> Stalled CredentialsMissing (learned from the
-    pod: the chart grants no Secret permission) -> Secret created -> Running; spec edit while
-    running -> old Job stopped -> Ready."""
+    """PVC + object naming a missing PriorityClass and a missing Secret -> Stalled
+    PriorityClassNotFound (from the Job's FailedCreate events) -> PriorityClass created ->
+    Stalled CredentialsMissing (learned from the pod: the chart grants no Secret permission)
+    -> Secret created -> Running; spec edit while running -> old Job stopped -> Ready.
+
+    OwnerReferencesPermissionEnforcement is on (as OpenShift runs it), so every child the
+    operator creates with ``blockOwnerDeletion`` needs the chart's finalizers grant."""
     from kubequant_localkube.jobs import Outcome
     from kubequant_operator.kube import Kube
     from tests.fixtures.operator import OperatorHarness, make_object, summary_for
@@ -241,6 +241,7 @@ async def _run_scenario(cluster: Any, settings: Any, ns: str) -> dict[str, Any]:
     # Generation 1 runs long enough to be replaced; generation 2 succeeds.
     cluster.outcomes["minilm-g1-*"] = Outcome(exit_code=0, message=summary_for(1), duration=60)
     cluster.outcomes["minilm-g2-*"] = Outcome(exit_code=0, message=summary_for(2))
+    cluster.emulator.owner_references_permission_enforcement = True
     cluster.emulator.clear_calls()
     # The first Job create conflicts: the operator reads what exists and retries, so the
     # conflict path (get on each child) runs too.
@@ -254,8 +255,15 @@ async def _run_scenario(cluster: Any, settings: Any, ns: str) -> dict[str, Any]:
         assert "kubequant_reconciles_total" in harness.scrape_metrics()
         body = make_object(namespace=ns)
         body["spec"]["model"]["credentialsSecret"] = "s3-creds"
+        body["spec"].setdefault("resources", {})["priorityClassName"] = "batch-low"
         body["metadata"] = {"name": "minilm", "namespace": ns}
         objects.create(MOPTS, ns, body)
+        stalled = await objects.wait_stalled(ns, "minilm", "PriorityClassNotFound")
+        assert "'batch-low'" in stalled["message"], stalled
+        objects.create(PRIORITY_CLASSES, None, {
+            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": "batch-low"}, "value": 100,
+        })  # fmt: skip
         stalled = await objects.wait_stalled(ns, "minilm", "CredentialsMissing")
         assert "spec.model.credentialsSecret" in stalled["message"]
         assert "'s3-creds'" in stalled["message"]
