@@ -417,3 +417,24 @@ def test_quantity_order_is_by_value() -> None:
         q("1.2.3")
     with pytest.raises(validation.QuantityError):
         q("12Qi")
+
+
+def test_rbac_names_are_path_segments_not_dns_names(local_cluster_module: LocalCluster) -> None:
+    """``ValidateRBACName`` is ``path.IsValidPathSegmentName``: the bootstrap roles'
+    ``system:...`` names are valid, only ``.``, ``..``, ``/`` and ``%`` are refused."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "system:kubequant:Viewer"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+    }
+    status, body = _post(local_cluster_module, f"{RBAC}/roles", role)
+    assert status == 201, body
+    bad = copy.deepcopy(role)
+    bad["metadata"]["name"] = "a%b"
+    status, body = _post(local_cluster_module, f"{RBAC}/roles", bad)
+    assert _only_cause(status, body) == {
+        "field": "metadata.name",
+        "reason": "FieldValueInvalid",
+        "message": "Invalid value: \"a%b\": may not contain '%'",
+    }

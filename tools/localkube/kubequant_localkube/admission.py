@@ -41,8 +41,36 @@ _TYPE_NAMES = {
 }
 
 
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def _path_segment_problems(name: str) -> list[str]:
+    """``path.IsValidPathSegmentName``: what RBAC names are held to (``system:kube-x`` is fine)."""
+    if name in (".", ".."):
+        return [f"may not be '{name}'"]
+    return [f"may not contain '{bad}'" for bad in ("/", "%") if bad in name]
+
+
 def validate_name(res: resources.Resource, name: str) -> None:
-    """metadata.name must be a DNS subdomain (253 characters at most)."""
+    """metadata.name must be a DNS subdomain (253 characters at most); RBAC objects only a
+    valid path segment (``ValidateRBACName``)."""
+    if res.group == RBAC_GROUP:
+        problems = _path_segment_problems(name)
+        if problems:
+            raise errors.invalid(
+                res.kind,
+                res.group,
+                name,
+                [
+                    {
+                        "field": "metadata.name",
+                        "reason": "FieldValueInvalid",
+                        "message": f'Invalid value: "{name}": {problem}',
+                    }
+                    for problem in problems
+                ],
+            )
+        return
     if len(name) > 253 or not _NAME_RE.match(name):
         raise errors.invalid(
             res.kind,
