@@ -34,14 +34,19 @@ from kubequant_api.constants import (
     Task,
 )
 from kubequant_api.errors import InvalidSpecError, KubequantError
-from kubequant_api.models import ModelOptimizationSpec, QualityGate, Result
+from kubequant_api.models import ModelOptimizationSpec, QualityGate, Reproducibility, Result
 from optimizer_job import artifact, modeling, preflight
 from optimizer_job.calibration import select_texts
 from optimizer_job.evaluation import Inputs, ModelRun, check_gate_fits_task, encode, run_model
 from optimizer_job.methods.base import get_method
 from optimizer_job.redact import redact
 from optimizer_job.report.base import Reporter, RunContext, StaleRunError
-from optimizer_job.results import RunOutcome, exit_code_for
+from optimizer_job.results import (
+    RunOutcome,
+    exit_code_for,
+    reproducibility_record,
+    seed_everything,
+)
 from optimizer_job.search import (
     CandidateOutcome,
     PlannedRun,
@@ -142,6 +147,7 @@ class Pipeline:
         self.settings = settings
         self.reporter = reporter
         self.result = Result(generation=ctx.generation, method=spec.method)
+        self.record: Reproducibility | None = None  # once the source is fetched
         self.staging_root = settings.work_dir / f"run-{uuid.uuid4().hex[:12]}"
 
     # -- the whole run, with every failure mapped to an exit code
@@ -172,7 +178,7 @@ class Pipeline:
         return outcome
 
     def _failed(self, exc: BaseException) -> RunOutcome:
-        outcome = RunOutcome.from_error(exc, self.result)
+        outcome = RunOutcome.from_error(exc, self.result, self.record)
         log.error(
             "run failed (%s): %s", outcome.reason, outcome.message, extra=self.ctx.log_extra()
         )
@@ -203,7 +209,7 @@ class Pipeline:
         spec, settings = self.spec, self.settings
         device = settings.resolved_device()
         candidates = build_candidates(spec)
-        sink = OutputSink(spec.output.uri, settings, spec.output.overwrite)
+        sink = OutputSink.for_spec(spec, settings)
         return Setup(device, candidates, sink)
 
     def _prepare(self, setup: Setup) -> Prepared:
@@ -230,6 +236,12 @@ class Pipeline:
         needs_cal = any(c.method is not None and c.method.needs_calibration for c in candidates)
         texts = select_texts(spec, self.settings, needs_calibration=needs_cal)
         inputs = self._encode(source_dir, texts.evaluation, task)
+        self.record = reproducibility_record(
+            source_uri=redact(spec.model.uri),
+            source_revision=artifact.source_revision(spec.model.uri, source_dir),
+            methods=[c.name for c in candidates],
+            texts=texts,
+        )
         return Prepared(setup, source_dir, task, gate, texts.calibration, inputs)
 
     def _encode(self, source_dir: Path, texts: list[str], task: Task) -> Inputs:
@@ -253,6 +265,7 @@ class Pipeline:
         model = self.spec.model
         self.reporter.stage(Stage.LOADING, 10)
         self._preload_runtimes(prepared)
+        seed_everything()
         reference = run_model(
             lambda: load_original(source_dir, task, device, model.trust_remote_code, model.uri),
             prepared.inputs,
@@ -279,6 +292,7 @@ class Pipeline:
     def _search(self, prepared: Prepared, baseline: Baseline) -> list[CandidateOutcome]:
         """Every candidate that can run here, in order; the ones that cannot are reported."""
         runnable, skipped = self._runnable(prepared)
+        seed_everything()  # the candidates draw the same numbers whatever the baseline drew
         sctx = SearchContext(
             source_dir=prepared.source_dir,
             task=prepared.task,
@@ -360,7 +374,11 @@ class Pipeline:
             message = f"no candidate passed the quality gate; best: {message}"
         log.warning(message, extra=self.ctx.log_extra())
         return RunOutcome(
-            ExitCode.QUALITY_GATE_FAILED, Reason.QUALITY_GATE_FAILED, message, self.result
+            ExitCode.QUALITY_GATE_FAILED,
+            Reason.QUALITY_GATE_FAILED,
+            message,
+            self.result,
+            self.record,
         )
 
     # -- publish
@@ -377,7 +395,7 @@ class Pipeline:
             f"{winner.candidate.name}: compression ratio {self.result.compression_ratio}, "
             f"quality gate {self.result.quality_gate}"
         )
-        outcome = RunOutcome(ExitCode.SUCCESS, Reason.SUCCEEDED, message, self.result)
+        outcome = RunOutcome(ExitCode.SUCCESS, Reason.SUCCEEDED, message, self.result, self.record)
         artifact.write_results(winner.artifact_dir, outcome.results_document)
         card = artifact.model_card(
             self.result,
@@ -385,6 +403,11 @@ class Pipeline:
             task=str(prepared.task),
             gate=prepared.gate.to_api() if prepared.gate else None,
             digest_value=digest,
+            spec=spec.to_api(),
+            reproducibility=self.record,
+            source_dir=prepared.source_dir,
+            artifact_dir=winner.artifact_dir,
+            load_path=artifact.load_path_for(spec.output.uri),
         )
         (winner.artifact_dir / MODEL_CARD_FILE).write_text(card)
         prepared.setup.sink.publish(winner.artifact_dir, digest)
