@@ -209,7 +209,7 @@ class Pipeline:
         spec, settings = self.spec, self.settings
         device = settings.resolved_device()
         candidates = build_candidates(spec)
-        sink = OutputSink(spec.output.uri, settings, spec.output.overwrite)
+        sink = OutputSink.for_spec(spec, settings)
         return Setup(device, candidates, sink)
 
     def _prepare(self, setup: Setup) -> Prepared:

@@ -8,29 +8,39 @@ Schemes: ``file:///abs``, ``pvc://claim/path`` (mounted under ``KUBEQUANT_PVC_MO
 Credentials come from the environment only and never appear in messages: URIs are redacted and
 exception texts are scrubbed (both by :mod:`optimizer_job.redact`).
 
-Output is published atomically: the staged artifact is written to a temporary location beside
-the destination, then published (a rename on local filesystems, copy then marker on object
-stores), and the completion marker is the last file. A failure removes what it wrote.
+Output never destroys what kubequant did not write: it goes to an empty location or replaces
+an artifact kubequant published there (its completion marker lists every file), never over,
+into or around the model or data the run reads. The staged artifact is copied to a temporary
+location first and swapped in (see :class:`OutputSink`); the completion marker is the last
+file. A failure puts back what was there; a crash is recovered by the next run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import posixpath
 import shutil
+import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import fsspec
 
 from kubequant_api.constants import ARTIFACT_META_FILE, COMPLETE_MARKER, MODEL_FIELD, OUTPUT_FIELD
 from kubequant_api.errors import InvalidSpecError, KubequantError
+from optimizer_job.artifact import DIGEST_EXCLUDED, manifest_text
 from optimizer_job.redact import redact, scrub, strip_userinfo
 from optimizer_job.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from kubequant_api.models import ModelOptimizationSpec
 
 log = logging.getLogger(__name__)
 
@@ -284,21 +294,134 @@ def _fetch_config_only(uri: str, settings: EngineSettings, field: str) -> Path:
 
 # --------------------------------------------------------------------------- sinks
 
+# Scratch entries a publish writes beside the output (or inside it, when the output is a mount
+# point or a bucket root): the new artifact while it is copied, the previous one while it is
+# swapped out. Only entries older than this are taken for leftovers of a crashed run; a younger
+# one may belong to a run still publishing to the same output.
+SCRATCH_TAGS: Final = ("kubequant-tmp-", "kubequant-old-")
+SCRATCH_STALE_AFTER_S: Final = 3600.0
+FILE_MODE: Final = 0o644
+DIR_MODE: Final = 0o755
+CALIBRATION_DATA_FIELD: Final = "spec.calibration.datasetUri"
+EVALUATION_DATA_FIELD: Final = "spec.evaluation.datasetUri"
 
-def _marker_payload(digest: str | None) -> bytes:
+
+def _marker_payload(digest: str | None, files: dict[str, int]) -> bytes:
+    """The completion marker: the digest and every file of the artifact with its size (the
+    manifest a later run checks before it replaces the folder)."""
     return json.dumps(
-        {"digest": digest, "completedAt": datetime.now(UTC).isoformat(timespec="seconds")}
+        {
+            "digest": digest,
+            "completedAt": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": dict(sorted(files.items())),
+        }
     ).encode()
 
 
-class OutputSink:
-    """Where the artifact goes; publishes atomically and never leaves half-written files."""
+def _is_scratch(rel: str) -> bool:
+    first = rel.split("/", 1)[0]
+    return first.startswith(".") and any(
+        tag in first for tag in (*SCRATCH_TAGS, "kubequant-probe-")
+    )
 
-    def __init__(self, uri: str, settings: EngineSettings, overwrite: bool) -> None:
+
+def _normalise_modes(root: Path) -> dict[str, int]:
+    """Every file 0644 and every folder 0755 whatever the libraries wrote (consumers in other
+    pods run as other users); returns each file's relative path and size."""
+    files: dict[str, int] = {}
+    root.chmod(DIR_MODE)
+    for folder, dirs, names in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), DIR_MODE)
+        for n in names:
+            path = Path(folder, n)
+            path.chmod(FILE_MODE)
+            files[path.relative_to(root).as_posix()] = path.stat().st_size
+    return files
+
+
+def _resolved(uri: str, settings: EngineSettings, field: str) -> tuple[str, str]:
+    """(where, path) of a URI with ``pvc://``, symlinks and ``..`` resolved: ``where`` is
+    ``local`` for file:// and pvc:// (one filesystem namespace) or the object store's scheme."""
+    if uri.startswith("hf://"):
+        return "local", os.path.realpath(settings.cache_dir)
+    loc = locate(uri, settings, field)
+    if loc.is_local:
+        return "local", os.path.realpath(loc.path)
+    return loc.scheme, posixpath.normpath(loc.path)
+
+
+def _nested(a: str, b: str) -> bool:
+    """``a`` and ``b`` are the same path or one lies inside the other."""
+    a, b = a.rstrip("/") or "/", b.rstrip("/") or "/"
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def _digest_of(fs: Any, root: str, rels: list[str]) -> str:
+    entries = []
+    for rel in sorted(rels):
+        h, size = hashlib.sha256(), 0
+        with fs.open(f"{root}/{rel}", "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+        entries.append((rel, size, h.hexdigest()))
+    return "sha256:" + hashlib.sha256(manifest_text(entries).encode()).hexdigest()
+
+
+def _mtime(info: dict[str, Any]) -> float:
+    value = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+class OutputSink:
+    """Where the artifact goes. It publishes only into an empty location or over an artifact
+    kubequant published there itself (recognised by its completion marker's manifest), never
+    over or inside the data the run reads, and swaps artifacts so that a reader that waits for
+    the marker never sees a mix and a crash never loses the previous artifact.
+
+    Layout while publishing to ``<parent>/<name>``: the new artifact is copied to
+    ``<parent>/.<name>.kubequant-tmp-<token>`` with its marker; on a local filesystem the folder
+    is then swapped in by rename (the previous one renamed to ``.<name>.kubequant-old-<token>``
+    first, removed last). Where the output cannot be renamed (a mount point such as a
+    ``pvc://claim`` root, an object store) the scratch folders are ``.kubequant-tmp-<token>``
+    inside the output (at a mount point or bucket root) or beside it, and the swap moves file by
+    file: the previous marker first, then the previous files into the backup, then the new
+    files, the new marker last. The next run to the same output restores the backup when a crash
+    interrupted the swap and removes the leftovers.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        settings: EngineSettings,
+        overwrite: bool,
+        protected: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.uri = uri
         self.settings = settings
         self.overwrite = overwrite
+        self.protected = tuple(protected)
         self.loc = locate(uri, settings, OUTPUT_FIELD)
+
+    @classmethod
+    def for_spec(cls, spec: ModelOptimizationSpec, settings: EngineSettings) -> OutputSink:
+        """The sink of ``spec.output``, protecting the model and the data the run reads."""
+        protected = [(MODEL_FIELD, spec.model.uri)]
+        if spec.calibration.dataset_uri:
+            protected.append((CALIBRATION_DATA_FIELD, spec.calibration.dataset_uri))
+        if spec.evaluation.dataset_uri:
+            protected.append((EVALUATION_DATA_FIELD, spec.evaluation.dataset_uri))
+        return cls(spec.output.uri, settings, spec.output.overwrite, protected)
 
     # -- inspection
 
@@ -312,37 +435,94 @@ class OutputSink:
             raise classify(exc, OUTPUT_FIELD, self.uri, "read") from exc
 
     def _existing_files(self) -> list[str]:
+        """Every file at the output except publish scratch entries."""
         if self.loc.is_local:
             path = Path(self.loc.path)
             if path.exists() and not path.is_dir():
                 raise InvalidSpecError(OUTPUT_FIELD, f"{redact(self.uri)} is a file")
             if not path.exists():
                 return []
-        return [f for f in _list_files(self.loc) if ".kubequant-tmp-" not in f]
+        return [f for f in _list_files(self.loc) if not _is_scratch(f)]
+
+    def _previous_artifact(self, existing: list[str]) -> dict[str, Any] | None:
+        """The marker of the kubequant artifact at the output when the output holds exactly
+        that artifact (every file listed by its marker, same sizes); None otherwise."""
+        if COMPLETE_MARKER not in existing or ARTIFACT_META_FILE not in existing:
+            return None
+        try:
+            marker = json.loads(self.loc.fs.cat_file(self.loc.child(COMPLETE_MARKER)))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(marker, dict):
+            return None
+        present = sorted(set(existing) - {COMPLETE_MARKER})
+        files = marker.get("files")
+        if isinstance(files, dict):
+            if set(files) != set(present):
+                return None
+            for rel, size in files.items():
+                if int(self.loc.fs.size(self.loc.child(rel))) != size:
+                    return None
+            return marker
+        # A marker written before markers listed their files: the digest must match.
+        digested = [rel for rel in present if rel not in DIGEST_EXCLUDED]
+        if marker.get("digest") == _digest_of(self.loc.fs, self.loc.path, digested):
+            return marker
+        return None
+
+    def _check_location(self) -> None:
+        """Not a symbolic link; not the same as, inside or around a source the run reads."""
+        if self.loc.is_local and os.path.islink(self.loc.path):
+            raise InvalidSpecError(
+                OUTPUT_FIELD,
+                f"{redact(self.uri)} is a symbolic link (to {os.readlink(self.loc.path)}); "
+                "give the directory itself",
+            )
+        where, out = _resolved(self.uri, self.settings, OUTPUT_FIELD)
+        for field, uri in self.protected:
+            try:
+                src_where, src = _resolved(uri, self.settings, field)
+            except InvalidSpecError:
+                continue  # the source's own check reports it
+            if src_where == where and _nested(out, src):
+                raise InvalidSpecError(
+                    OUTPUT_FIELD,
+                    f"{redact(self.uri)} overlaps {field} {redact(uri)} ({out} and {src}): the "
+                    "output may not be, contain or lie inside the model or data the run reads; "
+                    "choose a separate location",
+                )
 
     def check(self) -> dict[str, Any]:
-        """Reachable, writable and not already complete (unless overwrite). Writes a probe."""
+        """Safe, reachable, writable, and empty or holding kubequant's own artifact (replaced
+        only with overwrite). Cleans leftovers of crashed runs; writes a probe."""
         try:
+            self._check_location()
+            self._recover()
             existing = self._existing_files()
-            complete = COMPLETE_MARKER in existing
-            if existing and not self.overwrite:
-                if complete:
-                    raise InvalidSpecError(
-                        OUTPUT_FIELD,
-                        f"{redact(self.uri)} already holds a complete artifact; set "
-                        "spec.output.overwrite: true to replace it",
-                    )
-                if ARTIFACT_META_FILE not in existing:
-                    raise InvalidSpecError(
-                        OUTPUT_FIELD,
-                        f"{redact(self.uri)} is not empty ({len(existing)} files) and holds no "
-                        "kubequant artifact; choose an empty location or set "
-                        "spec.output.overwrite: true",
-                    )
+            previous = self._previous_artifact(existing) if existing else None
+            if existing and previous is None:
+                shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
+                raise InvalidSpecError(
+                    OUTPUT_FIELD,
+                    f"{redact(self.uri)} is not empty and holds {len(existing)} file(s) that are "
+                    f"not a kubequant artifact ({shown}); kubequant writes only to an empty "
+                    "location or over an artifact it published there itself, and never deletes "
+                    "other data: choose an empty location",
+                )
+            if previous is not None and not self.overwrite:
+                raise InvalidSpecError(
+                    OUTPUT_FIELD,
+                    f"{redact(self.uri)} already holds a complete artifact; set "
+                    "spec.output.overwrite: true to replace it",
+                )
             self._probe()
         except Exception as exc:
             raise classify(exc, OUTPUT_FIELD, self.uri, "write to") from exc
-        return {"existingFiles": len(existing), "existingComplete": complete, "writable": True}
+        return {
+            "existingFiles": len(existing),
+            "existingComplete": previous is not None,
+            "writable": True,
+        }
 
     def _probe(self) -> None:
         name = f".kubequant-probe-{uuid.uuid4().hex[:8]}"
@@ -367,6 +547,118 @@ class OutputSink:
         self.loc.fs.pipe_file(path, b"probe")
         self.loc.fs.rm_file(path)
 
+    # -- scratch entries and crash recovery
+
+    def _inside(self) -> bool:
+        """Scratch goes inside the output: it is a mount point (a pvc:// claim root is always
+        one in the Job) or a bucket root, so it cannot be renamed and has no parent to use."""
+        if self.loc.is_local:
+            dest = Path(self.loc.path)
+            return dest.parent == self.settings.pvc_mount_root or os.path.ismount(dest)
+        return "/" not in self.loc.path
+
+    def _scratch_base(self) -> tuple[str, str]:
+        """(folder, name prefix) of this output's scratch entries."""
+        if self._inside():
+            return self.loc.path, "."
+        parent, _, name = self.loc.path.rpartition("/")
+        return parent or "/", f".{name}."
+
+    def _scratch(self, tag: str) -> str:
+        base, prefix = self._scratch_base()
+        return f"{base.rstrip('/')}/{prefix}{tag}{uuid.uuid4().hex[:8]}"
+
+    def _leftovers(self) -> list[str]:
+        base, prefix = self._scratch_base()
+        try:
+            entries = self.loc.fs.ls(base, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        for entry in entries:
+            name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(prefix) and name[len(prefix) :].startswith(SCRATCH_TAGS):
+                found.append(str(entry).rstrip("/"))
+        # backups first: restoring one needs to know what the interrupted swap moved
+        return sorted(found, key=lambda p: "kubequant-old-" not in p)
+
+    def _age(self, path: str) -> float:
+        """Seconds since anything in ``path`` last changed."""
+        newest = 0.0
+        if self.loc.is_local:
+            newest = os.lstat(path).st_mtime
+            for folder, dirs, names in os.walk(path):
+                for n in dirs + names:
+                    newest = max(newest, os.lstat(os.path.join(folder, n)).st_mtime)
+        else:
+            found = self.loc.fs.find(path, withdirs=False, detail=True)
+            newest = max((_mtime(info) for info in found.values()), default=0.0)
+        return time.time() - newest
+
+    def _recover(self) -> None:
+        """Finish what a crashed earlier publish to this output left behind: restore the
+        previous artifact when the swap did not complete, then remove the scratch entries."""
+        for path in self._leftovers():
+            age = self._age(path)
+            swapping = (
+                "kubequant-old-" in path
+                and not self._exists(self.loc.child(COMPLETE_MARKER))
+                and self._exists(f"{path}/{COMPLETE_MARKER}")
+            )
+            if age < SCRATCH_STALE_AFTER_S and swapping:
+                raise InvalidSpecError(
+                    OUTPUT_FIELD,
+                    f"another publish to {redact(self.uri)} is swapping artifacts or was "
+                    f"interrupted {round(age)}s ago (its backup of the previous artifact is "
+                    f"{path}); the next run after {round(SCRATCH_STALE_AFTER_S)}s restores it",
+                )
+            if age < SCRATCH_STALE_AFTER_S:
+                log.warning(
+                    "leaving a recent publish scratch entry alone (another run may be "
+                    "publishing to this output)",
+                    extra={"path": path, "ageSeconds": round(age)},
+                )
+                continue
+            if swapping:
+                self._restore(path)
+                log.warning(
+                    "restored the previous artifact after an interrupted publish",
+                    extra={"uri": redact(self.uri)},
+                )
+            self._remove(path)
+            log.info("removed the leftover of an interrupted publish", extra={"path": path})
+
+    def _restore(self, old: str) -> None:
+        """Put the artifact saved in ``old`` back at the output (marker last)."""
+        fs, dest = self.loc.fs, self.loc.path
+        if self.loc.is_local and not os.path.exists(dest):
+            os.rename(old, dest)  # the crash fell between the two renames of a folder swap
+            return
+        listed = json.loads(fs.cat_file(f"{old}/{COMPLETE_MARKER}")).get("files") or {}
+        backed_up = [rel for rel in listed if self._exists(f"{old}/{rel}")]
+        if len(backed_up) == len(listed):
+            # every previous file was in the backup, so what the output holds came from the
+            # interrupted run (the check before it found nothing but the previous artifact)
+            for rel in self._existing_files():
+                fs.rm_file(self.loc.child(rel))
+        for rel in sorted(backed_up):
+            self._move(f"{old}/{rel}", self.loc.child(rel))
+        self._move(f"{old}/{COMPLETE_MARKER}", self.loc.child(COMPLETE_MARKER))
+
+    def _move(self, src: str, dst: str) -> None:
+        if self.loc.is_local:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.replace(src, dst)
+        else:
+            self.loc.fs.copy(src, dst)
+            self.loc.fs.rm_file(src)
+
+    def _remove(self, path: str) -> None:
+        if self.loc.is_local:
+            shutil.rmtree(path, ignore_errors=True)
+        elif self.loc.fs.exists(path):
+            self.loc.fs.rm(path, recursive=True)
+
     # -- publishing
 
     def publish(self, staged: Path, digest: str | None) -> None:
@@ -383,83 +675,94 @@ class OutputSink:
 
     def _publish_local(self, staged: Path, digest: str | None) -> None:
         dest = Path(self.loc.path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex[:8]
-        tmp = dest.parent / f".{dest.name}.kubequant-tmp-{token}"
-        old = dest.parent / f".{dest.name}.kubequant-old-{token}"
+        tmp = Path(self._scratch("kubequant-tmp-"))
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
             shutil.copytree(staged, tmp)
-            (tmp / COMPLETE_MARKER).write_bytes(_marker_payload(digest))
-            moved_old = False
-            if dest.exists() and any(dest.iterdir()):
-                dest.rename(old)
-                moved_old = True
-            try:
-                tmp.rename(dest)  # replaces an empty directory atomically
-            except OSError:
-                if moved_old:
-                    old.rename(dest)
-                raise
-            if moved_old:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError as exc:
-            if tmp.exists() and dest.is_mount():
-                # A mount point cannot be replaced: move the entries in, marker last.
-                self._fill_in_place(tmp, dest)
-                return
-            raise exc
+            files = _normalise_modes(tmp)
+            marker = tmp / COMPLETE_MARKER
+            marker.write_bytes(_marker_payload(digest, files))
+            marker.chmod(FILE_MODE)
+            if self._inside():
+                self._swap_in_place(str(tmp), files)
+            else:
+                self._swap_folder(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _fill_in_place(self, tmp: Path, dest: Path) -> None:
-        marker = dest / COMPLETE_MARKER
-        marker.unlink(missing_ok=True)
-        for entry in list(dest.iterdir()):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        moved: list[Path] = []
+    def _swap_folder(self, tmp: Path, dest: Path) -> None:
+        """Rename the new folder into place; a previous artifact is renamed aside first and
+        removed last (a crash in between leaves it for the next run to restore)."""
+        if dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()
+        if not dest.exists():
+            tmp.rename(dest)
+            return
+        old = Path(self._scratch("kubequant-old-"))
+        dest.rename(old)
         try:
-            for entry in sorted(tmp.iterdir(), key=lambda p: p.name == COMPLETE_MARKER):
-                shutil.move(str(entry), str(dest / entry.name))
-                moved.append(dest / entry.name)
+            tmp.rename(dest)
         except OSError:
-            for p in moved:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            old.rename(dest)
             raise
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _swap_in_place(self, tmp: str, files: dict[str, int]) -> None:
+        """Swap file by file where the output cannot be renamed (marker-guarded, see class)."""
+        old = self._scratch("kubequant-old-")
+        previous = self._existing_files()
+        try:
+            if previous:
+                self._move(self.loc.child(COMPLETE_MARKER), f"{old}/{COMPLETE_MARKER}")
+                for rel in previous:
+                    if rel != COMPLETE_MARKER:
+                        self._move(self.loc.child(rel), f"{old}/{rel}")
+            for rel in sorted(files):
+                self._move(f"{tmp}/{rel}", self.loc.child(rel))
+            self._move(f"{tmp}/{COMPLETE_MARKER}", self.loc.child(COMPLETE_MARKER))
+        except Exception:
+            self._roll_back(old, files)
+            raise
+        if previous:
+            self._remove(old)
+        self._prune_empty_folders()
+
+    def _roll_back(self, old: str, files: dict[str, int]) -> None:
+        try:
+            if self._exists(f"{old}/{COMPLETE_MARKER}"):
+                self._restore(old)
+                self._remove(old)
+            else:
+                for rel in files:
+                    if self._exists(self.loc.child(rel)):
+                        self.loc.fs.rm_file(self.loc.child(rel))
+            self._prune_empty_folders()
+        except Exception:  # noqa: BLE001 - the next run to this output recovers
+            log.warning("could not roll back the interrupted publish; the next run will")
+
+    def _prune_empty_folders(self) -> None:
+        if not self.loc.is_local:
+            return  # object stores have no folders
+        for folder, _dirs, _names in os.walk(self.loc.path, topdown=False):
+            rel = os.path.relpath(folder, self.loc.path)
+            if rel != "." and not _is_scratch(rel) and not os.listdir(folder):
+                os.rmdir(folder)
 
     def _publish_remote(self, staged: Path, digest: str | None) -> None:
-        fs, dest = self.loc.fs, self.loc.path
-        parent, _, name = dest.rpartition("/")
-        token = uuid.uuid4().hex[:8]
-        tmp = (
-            f"{parent}/.{name}.kubequant-tmp-{token}"
-            if parent
-            else f"{dest}/.kubequant-tmp-{token}"
-        )
-        files = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
-        copied: list[str] = []
+        fs = self.loc.fs
+        tmp = self._scratch("kubequant-tmp-")
+        files = {
+            p.relative_to(staged).as_posix(): p.stat().st_size
+            for p in sorted(staged.rglob("*"))
+            if p.is_file()
+        }
         try:
             for rel in files:
                 fs.put_file(str(staged / rel), f"{tmp}/{rel}")
-            existing = self._existing_files()
-            if COMPLETE_MARKER in existing:
-                fs.rm_file(self.loc.child(COMPLETE_MARKER))  # no longer complete from here on
-            for rel in existing:
-                if rel != COMPLETE_MARKER:
-                    fs.rm_file(self.loc.child(rel))
-            for rel in files:
-                fs.copy(f"{tmp}/{rel}", self.loc.child(rel))
-                copied.append(rel)
-            fs.pipe_file(self.loc.child(COMPLETE_MARKER), _marker_payload(digest))
-        except Exception:
-            for rel in copied:
-                try:
-                    fs.rm_file(self.loc.child(rel))
-                except Exception:  # noqa: BLE001 - best effort cleanup
-                    log.warning("could not remove partial output file", extra={"file": rel})
-            raise
+            fs.pipe_file(f"{tmp}/{COMPLETE_MARKER}", _marker_payload(digest, files))
+            self._swap_in_place(tmp, files)
         finally:
             try:
-                if fs.exists(tmp):
-                    fs.rm(tmp, recursive=True)
+                self._remove(tmp)
             except Exception:  # noqa: BLE001
                 log.warning("could not remove temporary output prefix")
