@@ -37,6 +37,8 @@ def test_product_wheel_has_no_local_control_plane() -> None:
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     scripts = config["project"]["scripts"]
     assert not [s for s in scripts.values() if s.startswith("kubequant_localkube")], scripts
+    # kubectl runs `kubectl kubequant` as the program kubectl-kubequant on PATH.
+    assert scripts["kubectl-kubequant"] == "kubequant_kubectl.cli:main"
     assert not (REPO_ROOT / "kubequant_localkube").exists()
 
 
