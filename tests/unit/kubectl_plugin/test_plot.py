@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from kubequant_kubectl.plot import PlotError, plot_candidates, quality_axis
 from tests.unit.kubectl_plugin.sample import auto_result, causal_result
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[3]
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -48,3 +51,24 @@ def test_nothing_to_plot(tmp_path: Path) -> None:
     with pytest.raises(PlotError, match="no candidate"):
         plot_candidates(result, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_missing_matplotlib_is_a_clear_error(tmp_path: Path) -> None:
+    """Without matplotlib (the [kubectl] extra) plot says what to install; a fresh
+    interpreter where importing matplotlib fails, as it does when it is not installed."""
+    script = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from pathlib import Path\n"
+        "from kubequant_kubectl.plot import PlotError, plot_candidates\n"
+        "from tests.unit.kubectl_plugin.sample import auto_result\n"
+        "try:\n"
+        f"    plot_candidates(auto_result(), Path({str(tmp_path / 'c.png')!r}))\n"
+        "except PlotError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert "plot needs matplotlib, which is not installed" in proc.stdout
+    assert "pip install 'kubequant[kubectl]'" in proc.stdout
+    assert not (tmp_path / "c.png").exists()
