@@ -35,7 +35,7 @@ def a_result() -> Result:
         optimized_size_bytes=22_000_000,
         compression_ratio=3.94,
         baseline=Measurements(latency_ms=41.0),
-        optimized=Measurements(latency_ms=35.2),
+        optimized=Measurements(latency_ms=35.2, peak_memory_bytes=1_500_000_000),
         speedup=1.16,
         perplexity_increase_percent=2.9,
         top1_agreement=0.97,
@@ -45,12 +45,14 @@ def a_result() -> Result:
     )
 
 
-def run_through(r: MetricsReporter, clock: FakeClock) -> None:
+def run_through(r: MetricsReporter, clock: FakeClock, before: list[str] | None = None) -> None:
     r.stage(Stage.LOADING, 5)
     clock.now += 2.0
     r.stage(Stage.QUANTIZING, 40, candidate="gptq")
     clock.now += 3.0
     r.stage(Stage.EVALUATING, 80, candidate="gptq")
+    if before is not None and r.port is not None:
+        before.append(http_get(f"http://127.0.0.1:{r.port}/metrics"))
     r.result(a_result())
     clock.now += 1.0
 
@@ -61,10 +63,13 @@ def test_metrics_served_over_http_pass_promtool(
     monkeypatch.setenv("HF_TOKEN", SECRET)
     clock = FakeClock()
     ctx = RunContext(name="qwen", namespace="team-a", uid="u", generation=2, method="auto")
-    r = MetricsReporter(ctx, port=free_port(), bind="127.0.0.1", clock=clock)
+    r = MetricsReporter(
+        ctx, port=free_port(), bind="127.0.0.1", clock=clock, peak_rss=lambda: 3 << 30
+    )
+    before: list[str] = []
     try:
         assert r.port is not None
-        run_through(r, clock)
+        run_through(r, clock, before)
         during = http_get(f"http://127.0.0.1:{r.port}/metrics")
         r.finish(ExitCode.SUCCESS, {"exitCode": 0})
         text = http_get(f"http://127.0.0.1:{r.port}/metrics")
@@ -73,7 +78,11 @@ def test_metrics_served_over_http_pass_promtool(
     rc, problems = promtool_check(text)
     assert rc == 0 and problems.strip() == "", problems
 
-    ours = {"namespace": "team-a", "name": "qwen", "method": "auto"}
+    # Before a result names a method, `method` is the requested one; then the winner's.
+    undecided = {"namespace": "team-a", "name": "qwen", "method": "auto"}
+    assert sample(before[0], "kubequant_engine_progress_percent", **undecided) == 80
+    ours = {"namespace": "team-a", "name": "qwen", "method": "gptq", "requested_method": "auto"}
+    assert 'method="auto"' not in during.replace('requested_method="auto"', "")
     assert sample(during, "kubequant_engine_stage_info", stage="Evaluating", **ours) == 1
     assert sample(during, "kubequant_engine_stage_info", stage="Loading", **ours) == 0
     assert sample(during, "kubequant_engine_progress_percent", **ours) == 80
@@ -90,6 +99,8 @@ def test_metrics_served_over_http_pass_promtool(
     assert sample(text, "kubequant_engine_exit_code", **ours) == 0
     assert sample(text, "kubequant_engine_finished", **ours) == 1
     assert sample(text, "kubequant_engine_run_duration_seconds", **ours) == 6.0
+    assert sample(text, "kubequant_engine_peak_rss_bytes", **ours) == 3 << 30
+    assert sample(text, "kubequant_engine_optimized_peak_memory_bytes", **ours) == 1_500_000_000
     stage_s = {
         s: sample(text, "kubequant_engine_stage_duration_seconds", stage=s, **ours)
         for s in ("Loading", "Quantizing", "Evaluating")
@@ -99,7 +110,7 @@ def test_metrics_served_over_http_pass_promtool(
     assert "kubequant_engine_cosine_similarity{" not in text
     # Bounded labels only: never a URI, a uid or a secret.
     label_names = set(re.findall(r"[{,](\w+)=", text))
-    assert label_names == {"namespace", "name", "method", "stage"}
+    assert label_names == {"namespace", "name", "method", "requested_method", "stage"}
     assert SECRET not in text and "s3://" not in text
 
 
@@ -124,7 +135,7 @@ def test_push_to_real_pushgateway(
 
     text = pushgateway.metrics_text()
     group = {"job": PUSH_JOB, "namespace": "team-b", "name": "pushed"}
-    labels = {**group, "method": "torchao-int8-weight"}
+    labels = {**group, "method": "gptq", "requested_method": "torchao-int8-weight"}
     assert sample(text, "kubequant_engine_exit_code", **labels) == 3
     assert sample(text, "kubequant_engine_compression_ratio", **labels) == pytest.approx(3.94)
     assert sample(text, "kubequant_engine_finished", **labels) == 1
