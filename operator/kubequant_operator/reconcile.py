@@ -30,7 +30,7 @@ from kubequant_operator.children import awaits_pods, job_finished, job_started, 
 from kubequant_operator.failures import FAILED_CREATE, REFUSAL_STATUSES, ChildRefusal
 from kubequant_operator.harvest import harvest_from_pods, read_results_file, result_for_generation
 from kubequant_operator.kube import Kube, KubeError, collection_path
-from kubequant_operator.metrics import Metrics
+from kubequant_operator.metrics import Metrics, run_outcome
 from kubequant_operator.settings import Settings
 from kubequant_operator.status import (
     Blocker,
@@ -450,6 +450,8 @@ class Reconciler:
         if old_phase == new_phase and old_gen == update.status.get("observedGeneration"):
             return
         self.metrics.runs.labels(result=str(new_phase).lower()).inc()
+        harvested = (update.patch or {}).get("result")
+        self.metrics.outcomes.labels(**run_outcome(obj, update.status, harvested)).inc()
         start = parse_time(update.status.get("startTime"))
         end = parse_time(update.status.get("completionTime")) or now
         if start is not None:
