@@ -23,6 +23,7 @@ from kubequant_api.logs import JsonFormatter, setup_logging
 from kubequant_operator.handlers import build_registry, periodic_resync
 from kubequant_operator.kube import Kube
 from kubequant_operator.metrics import Metrics
+from kubequant_operator.pushgateway import PushgatewayJanitor
 from kubequant_operator.reconcile import Reconciler
 from kubequant_operator.settings import Settings
 
@@ -87,6 +88,10 @@ class OperatorRuntime:
         self.metrics_port = self.metrics.serve(s.metrics_port, s.bind_address)
         stop = asyncio.Event()
         resync = asyncio.create_task(periodic_resync(s, self.reconciler, self.metrics, stop))
+        tasks = [resync]
+        if s.engine_pushgateway_url:  # delete the engine's groups once they are not needed
+            janitor = PushgatewayJanitor(s, self.kube, self.metrics)
+            tasks.append(asyncio.create_task(janitor.run(stop)))
         log.info(
             "kubequant operator starting",
             extra={
@@ -107,9 +112,10 @@ class OperatorRuntime:
             )
         finally:
             stop.set()
-            resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await resync
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             self.metrics.stop()
             await self.kube.close()
             log.info("kubequant operator stopped")

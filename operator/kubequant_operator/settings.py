@@ -60,6 +60,9 @@ class Settings(KubequantSettings):
     """Log level of the operator (DEBUG, INFO, WARNING, ERROR)."""
     engine_pushgateway_url: str = ""
     """Pushgateway the engine pushes its run metrics to (empty: none)."""
+    engine_pushgateway_retention_seconds: float = 600.0
+    """How long a harvested run's Pushgateway group stays after its push (so Prometheus scrapes
+    it) before the operator deletes it; groups of deleted objects go at the next sweep."""
     engine_metrics_port: Port = 0
     """Port the engine serves its own metrics on (0: none)."""
     watch_server_timeout: int | None = 300
@@ -127,7 +130,7 @@ class Settings(KubequantSettings):
             raise ValueError("must be > 0")
         return value
 
-    @field_validator("pending_deadline_seconds")
+    @field_validator("pending_deadline_seconds", "engine_pushgateway_retention_seconds")
     @classmethod
     def _not_negative(cls, value: int) -> int:
         if value < 0:
