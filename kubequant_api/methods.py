@@ -320,7 +320,7 @@ def first_incompatibility(
 
 _ENGINE = "optimizer_job.methods."
 _BNB = ("bitsandbytes",)
-_TORCHAO = ("torchao.quantization", "torchao.prototype.quantization.int4")
+_TORCHAO = ("torchao.quantization",)
 _QUANTO = ("optimum.quanto",)
 _LLMCOMPRESSOR = ("llmcompressor", "llmcompressor.entrypoints.oneshot", "datasets")
 _ONNX = ("onnx", "onnxruntime", "onnxruntime.quantization", "onnxscript", "torch.onnx")
@@ -360,7 +360,7 @@ for _spec in (
     ),
     MethodSpec(
         "torchao-int4-weight", TorchaoInt4Params, _ENGINE + "torchao_methods", prefers_gpu=True,
-        expected_size_ratio=0.16, runtime_modules=_TORCHAO,
+        device_support="cuda", expected_size_ratio=0.16, runtime_modules=_TORCHAO,
     ),
     MethodSpec(
         "quanto-int8", NoParams, _ENGINE + "quanto_methods",

@@ -5,10 +5,18 @@ The fp32 graph is exported with dynamic batch and sequence axes, then
 default) and quantizes activations on the fly. The artifact is ``model.onnx`` (plus
 ``model.onnx.data`` for models over the 2 GB protobuf limit) and runs with an ONNX Runtime
 ``InferenceSession`` on the CPU execution provider.
+
+The folder follows the layout optimum's ONNX Runtime classes (``ORTModelForFeatureExtraction``,
+``ORTModelForCausalLM``) read: ``model.onnx`` at the top level beside ``config.json`` and the
+tokenizer files. Inputs and outputs are named as optimum's exporters name them:
+``input_ids``, ``attention_mask`` (and ``token_type_ids`` for models whose forward takes
+them, BERT-like encoders) in, ``last_hidden_state`` (feature extraction) or ``logits`` out.
+The causal-LM graph has no KV cache inputs (optimum: ``use_cache=False``).
 """
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +40,7 @@ from optimizer_job.methods.base import (
 
 ONNX_FILE = "model.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask")
+TOKEN_TYPE_IDS = "token_type_ids"  # noqa: S105  (an input name, not a secret)
 OUTPUT_NAMES = {
     Task.CAUSAL_LM: "logits",
     Task.FEATURE_EXTRACTION: "last_hidden_state",
@@ -41,8 +50,20 @@ OUTPUT_NAMES = {
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
-def _export_module(model: Any, task: Task) -> Any:
+def input_names(model: Any) -> tuple[str, ...]:
+    """The graph's inputs: ``token_type_ids`` too when the model's forward takes it."""
+    takes = inspect.signature(model.forward).parameters
+    return (*INPUT_NAMES, TOKEN_TYPE_IDS) if TOKEN_TYPE_IDS in takes else INPUT_NAMES
+
+
+def _export_module(model: Any, task: Task, with_token_types: bool) -> Any:
     import torch
+
+    def run(**kwargs: Any) -> torch.Tensor:
+        if task == Task.CAUSAL_LM:
+            kwargs["use_cache"] = False
+        out: torch.Tensor = loading.output_tensor(task, model(**kwargs))
+        return out
 
     class ExportWrapper(torch.nn.Module):
         """One tensor out, no KV cache: the graph evaluation and serving run."""
@@ -52,13 +73,20 @@ def _export_module(model: Any, task: Task) -> Any:
             self.model = model
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if task == Task.CAUSAL_LM:
-                kwargs["use_cache"] = False
-            out: torch.Tensor = loading.output_tensor(task, self.model(**kwargs))
-            return out
+            return run(input_ids=input_ids, attention_mask=attention_mask)
 
-    return ExportWrapper().eval()
+    class TokenTypesExportWrapper(ExportWrapper):
+        def forward(  # type: ignore[override]
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor,
+        ) -> torch.Tensor:
+            return run(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+
+    return (TokenTypesExportWrapper() if with_token_types else ExportWrapper()).eval()
 
 
 class OnnxInferenceModel:
@@ -78,9 +106,11 @@ class OnnxInferenceModel:
     def forward(self, input_ids: Any, attention_mask: Any) -> Any:
         import numpy as np
 
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         feeds = {
-            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "input_ids": ids,
             "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+            TOKEN_TYPE_IDS: np.zeros_like(ids),
         }
         out = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
         return np.asarray(out[0], dtype=np.float32)
@@ -107,6 +137,8 @@ class OnnxInt8(QuantizationMethod):
                 trust_remote_code=request.trust_remote_code,
             )
         fp32_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        names = input_names(model)
+        model.config.save_pretrained(str(request.out_dir))  # optimum's ORTModel* read it
         external = fp32_bytes > EXTERNAL_DATA_BYTES
         staging = request.out_dir / ".fp32-export"
         staging.mkdir(parents=True, exist_ok=True)
@@ -115,19 +147,17 @@ class OnnxInt8(QuantizationMethod):
         mask = torch.ones((2, 16), dtype=torch.long)
         mask[1, 12:] = 0
         batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=2)
+        inputs = (ids, mask, torch.zeros_like(ids))[: len(names)]
         request.progress(10)
         try:
             with library_errors(self.name, "ONNX export"), timed(self.name, "export"):
                 program = torch.onnx.export(
-                    _export_module(model, task),
-                    (ids, mask),
+                    _export_module(model, task, TOKEN_TYPE_IDS in names),
+                    inputs,
                     dynamo=True,
-                    input_names=list(INPUT_NAMES),
+                    input_names=list(names),
                     output_names=[OUTPUT_NAMES[task]],
-                    dynamic_shapes={
-                        "input_ids": {0: batch, 1: seq},
-                        "attention_mask": {0: batch, 1: seq},
-                    },
+                    dynamic_shapes={name: {0: batch, 1: seq} for name in names},
                     optimize=True,
                 )
                 if program is None:
@@ -153,7 +183,7 @@ class OnnxInt8(QuantizationMethod):
             task,
             "onnx",
             extra={
-                "inputs": list(INPUT_NAMES),
+                "inputs": list(names),
                 "output": OUTPUT_NAMES[task],
                 "fp32WeightBytes": fp32_bytes,
                 "externalData": external,

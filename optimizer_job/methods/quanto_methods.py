@@ -4,12 +4,20 @@ transformers' ``QuantoConfig`` refuses to save, so the artifact is written with 
 ``QuantizedTransformersModel`` (safetensors plus ``quanto_qmap.json``) and reloaded by the
 same class, which re-creates the quantized modules from the map (docs/findings.md: exact). int4
 kernels refuse inference tensors, so those artifacts run under ``torch.no_grad``.
+
+transformers 5 cannot load such a folder: plain ``AutoModel*.from_pretrained`` accepts it,
+ignores every packed weight and initialises those layers at random, and a
+``quantization_config`` with ``quant_method: "quanto"`` loads it just as wrongly
+(docs/findings.md). So config.json gets a ``quantization_config`` that names quanto, its map
+and its loader but no ``quant_method``: transformers then refuses the folder with an error
+instead of loading garbage, and quanto's class (which only reads the config) loads it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from kubequant_api.constants import Task
 from optimizer_job import loading
@@ -27,6 +35,34 @@ from optimizer_job.methods.base import (
     QuantizeRequest,
     register,
 )
+
+QMAP_FILE: Final = "quanto_qmap.json"
+
+
+def _loader_name(task: Task | str) -> str:
+    if Task(task) == Task.CAUSAL_LM:
+        return "optimum.quanto.QuantizedModelForCausalLM.from_pretrained"
+    auto = loading.auto_class(task).__name__
+    return f"optimum.quanto.QuantizedTransformersModel subclass with auto_class = {auto}"
+
+
+def refuse_plain_loading(out_dir: Path, weights: str, task: Task | str) -> dict[str, Any]:
+    """Describe quanto's format in config.json so that transformers refuses the folder.
+
+    The ``quantization_config`` written has no ``quant_method``: transformers raises
+    ValueError on it (rather than loading the model with random weights), quanto's loader
+    does not read it. Returns what was written."""
+    path = out_dir / "config.json"
+    config = json.loads(path.read_text())
+    described = {
+        "quant_library": "optimum-quanto",
+        "weights": weights,
+        "quantization_map": QMAP_FILE,
+        "loader": _loader_name(task),
+    }
+    config["quantization_config"] = described
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return described
 
 
 def _wrapper_class(task: Task | str) -> Any:
@@ -72,6 +108,7 @@ class _Quanto(QuantizationMethod):
         request.progress(70)
         with library_errors(self.name, "saving"), timed(self.name, "save"):
             wrapped.save_pretrained(str(request.out_dir))
+            refuse_plain_loading(request.out_dir, self.weights, task)
         release(model, wrapped)
         del model, wrapped
         return finish_artifact(

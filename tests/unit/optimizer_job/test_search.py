@@ -57,7 +57,7 @@ def test_auto_picks_the_smallest_candidate_that_passes(
             "model": {"uri": f"file://{minilm_path}"},
             "method": "auto",
             "candidates": [
-                {"method": "torchao-int4-weight"},  # smaller, but 4-bit MiniLM misses 0.999
+                {"method": "quanto-int4"},  # smaller, but 4-bit MiniLM misses 0.999
                 {"method": "gptq"},  # causal LMs only: reported with its error
                 {"method": "torchao-int8-weight"},
             ],
@@ -70,7 +70,7 @@ def test_auto_picks_the_smallest_candidate_that_passes(
     result = Result.model_validate(json.loads((out / "results.json").read_text())["result"])
     assert result.method == "torchao-int8-weight"
     assert [c.method for c in result.candidates] == [
-        "torchao-int4-weight",
+        "quanto-int4",
         "gptq",
         "torchao-int8-weight",
     ]
@@ -91,7 +91,7 @@ def test_auto_picks_the_smallest_candidate_that_passes(
     assert not [p for p in out.parent.iterdir() if "kubequant-" in p.name]
     assert not list(engine_env.work_dir.glob("run-*"))
     card = (out / "README.md").read_text()
-    assert "Candidates tried" in card and "torchao-int4-weight" in card
+    assert "Candidates tried" in card and "quanto-int4" in card
 
 
 @pytest.mark.slow
@@ -105,7 +105,7 @@ def test_auto_with_no_passing_candidate_fails_with_the_best_figures(
         {
             "model": {"uri": f"file://{minilm_path}"},
             "method": "auto",
-            "candidates": [{"method": "torchao-int4-weight"}],
+            "candidates": [{"method": "quanto-int4"}],
             "evaluation": {"samples": 8, "qualityGate": {"minCosineSimilarity": 0.9999}},
             "output": {"uri": f"file://{out}"},
         },
@@ -117,7 +117,7 @@ def test_auto_with_no_passing_candidate_fails_with_the_best_figures(
     assert "minCosineSimilarity" in doc["message"]
     result = Result.model_validate(doc["result"])
     assert result.quality_gate == "Failed"
-    assert result.method == "torchao-int4-weight"
+    assert result.method == "quanto-int4"
     assert result.cosine_similarity is not None and result.cosine_similarity < 0.9999
     assert result.compression_ratio is not None and result.compression_ratio > 1
     assert result.output_uri is None and result.output_digest is None

@@ -20,15 +20,14 @@ pytestmark = pytest.mark.slow
 # method -> (min top-1 agreement, max perplexity increase %, max weight-size ratio).
 # Bounds were set from measured values with margin; see the MEASURED lines (pytest -s).
 # The tiny LM keeps ~45% of its bytes in the fp32 embedding and LM head, which the torch
-# methods leave unquantized, so their ratios stay above 1/2; the ONNX and torchao-int4
-# artifacts quantize or halve those too.
+# methods leave unquantized, so their ratios stay above 1/2; the ONNX artifact quantizes
+# those too. torchao-int4-weight runs on CUDA only (docs/findings.md).
 CAUSAL_BOUNDS: dict[str, tuple[float, float, float]] = {
     "torchao-int8-weight": (0.98, 1.0, 0.62),
     "torchao-int8-dynamic": (0.96, 1.0, 0.62),
     "bnb-int8": (0.97, 1.0, 0.62),
     "quanto-int8": (0.98, 1.0, 0.62),
     "onnx-int8": (0.92, 1.5, 0.31),
-    "torchao-int4-weight": (0.90, 3.0, 0.32),
     "bnb-nf4": (0.92, 3.0, 0.55),
     "bnb-fp4": (0.90, 3.0, 0.55),
     "quanto-int4": (0.92, 3.0, 0.55),
@@ -79,7 +78,6 @@ def test_causal_artifact_reloads_with_fidelity(
         ("bnb-nf4", "bnb-int8"),
         ("bnb-fp4", "bnb-int8"),
         ("quanto-int4", "quanto-int8"),
-        ("torchao-int4-weight", "torchao-int8-weight"),
         ("gptq", "torchao-int8-weight"),
     ],
 )

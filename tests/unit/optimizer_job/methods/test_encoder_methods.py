@@ -27,7 +27,6 @@ ENCODER_BOUNDS: dict[str, tuple[float, float]] = {
     "bnb-int8": (0.99, 0.68),
     "quanto-int8": (0.99, 0.68),
     "onnx-int8": (0.98, 1 / 3.5),
-    "torchao-int4-weight": (0.90, 0.36),
     "bnb-nf4": (0.95, 0.62),
     "bnb-fp4": (0.91, 0.62),
     "quanto-int4": (0.91, 0.62),
