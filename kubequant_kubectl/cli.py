@@ -194,11 +194,29 @@ def engine_pod(client: Client, ns: str, obj: Mapping[str, Any], name: str) -> st
     if not pods:
         raise PluginError(f"{where} has no engine pod ({describe_phase(obj)})")
 
-    def created(pod: Mapping[str, Any]) -> tuple[str, str]:
-        meta = pod.get("metadata") or {}
-        return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
+    return str((max(pods, key=pod_newness).get("metadata") or {}).get("name"))
 
-    return created(max(pods, key=created))[1]
+
+def pod_newness(pod: Mapping[str, Any]) -> tuple[str, bool, str, str]:
+    """Order of a Job's pods, oldest first. Creation times have one-second precision, and a
+    Job (parallelism 1) creates its next pod only once the last one failed: at the same
+    second, a failed pod is older than one that is not, and a pod still running (no finish
+    time) is the newest."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    finished = ""
+    running = True
+    for cs in status.get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            running = False
+            finished = max(finished, str(terminated.get("finishedAt") or ""))
+    return (
+        str(meta.get("creationTimestamp") or ""),
+        status.get("phase") != "Failed",
+        "~" if running else finished,  # "~" sorts after any timestamp
+        str(meta.get("name") or ""),
+    )
 
 
 def cmd_logs(client: Client, ns: str, args: argparse.Namespace, out: TextIO) -> None:
