@@ -216,12 +216,27 @@ def build_crd() -> dict[str, Any]:
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Method", "type": "string", "jsonPath": ".spec.method"},
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri", "priority": 0},
+        # The current run only: cleared when a run starts (lastSuccessful keeps the last one).
+        {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
         {"name": "Ratio", "type": "number", "jsonPath": ".status.result.compressionRatio"},
         {"name": "Quality", "type": "string", "jsonPath": ".status.result.qualityGate"},
         {
             "name": "Ready",
             "type": "string",
             "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        },
+        {
+            "name": "Reason",
+            "type": "string",
+            "priority": 1,
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        },
+        {"name": "Run", "type": "integer", "priority": 1, "jsonPath": ".status.run"},
+        {
+            "name": "Last-Ratio",
+            "type": "number",
+            "priority": 1,
+            "jsonPath": ".status.lastSuccessful.compressionRatio",
         },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]

@@ -59,7 +59,7 @@ LABEL_VALUE_MAX = 63
 OWNER_NAME_ANNOTATION = "kubequant.io/owner-name"
 APP_NAME_LABEL = "app.kubernetes.io/name"
 APP_NAME_VALUE = "kubequant-engine"
-JOB_NAME_SUFFIX = re.compile(r"-g(\d+)-[0-9a-f]{4}$")
+JOB_NAME_SUFFIX = re.compile(r"-g(\d+)(?:r\d+)?-[0-9a-f]{4}$")
 
 Manifest = dict[str, Any]
 
@@ -67,10 +67,13 @@ Manifest = dict[str, Any]
 # --------------------------------------------------------------------------- names
 
 
-def job_name(namespace: str, name: str, uid: str, generation: int) -> str:
-    """``<name, truncated>-g<generation>-<4 hex>``, at most 63 characters, deterministic."""
-    digest = hashlib.sha256(f"{namespace}/{name}/{uid}/{generation}".encode()).hexdigest()[:4]
-    suffix = f"-g{generation}-{digest}"
+def job_name(namespace: str, name: str, uid: str, generation: int, run: int = 1) -> str:
+    """``<name, truncated>-g<generation>-<4 hex>``, at most 63 characters, deterministic.
+
+    A rerun (run 2, 3...) of the same generation is ``-g<generation>r<run>-<4 hex>``."""
+    key = f"{namespace}/{name}/{uid}/{generation}" + (f"/{run}" if run > 1 else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:4]
+    suffix = f"-g{generation}{f'r{run}' if run > 1 else ''}-{digest}"
     head = name[: NAME_MAX - len(suffix)].rstrip("-.")
     return f"{head}{suffix}"
 
@@ -127,29 +130,29 @@ def _child_meta(obj: Mapping[str, Any], kind_name: str) -> Manifest:
     }
 
 
-def names_for(obj: Mapping[str, Any]) -> str:
+def names_for(obj: Mapping[str, Any], run: int = 1) -> str:
     namespace, name, uid, generation = _identity(obj)
-    return job_name(namespace, name, uid, generation)
+    return job_name(namespace, name, uid, generation, run)
 
 
 # --------------------------------------------------------------------------- RBAC
 
 
-def build_service_account(obj: Mapping[str, Any]) -> Manifest:
+def build_service_account(obj: Mapping[str, Any], run: int = 1) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _child_meta(obj, names_for(obj)),
+        "metadata": _child_meta(obj, names_for(obj, run)),
         "automountServiceAccountToken": True,
     }
 
 
-def build_role(obj: Mapping[str, Any]) -> Manifest:
+def build_role(obj: Mapping[str, Any], run: int = 1) -> Manifest:
     _, name, _, _ = _identity(obj)
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _child_meta(obj, names_for(obj)),
+        "metadata": _child_meta(obj, names_for(obj, run)),
         # Exactly what the engine calls (optimizer_job/report/kube.py): GET of its object
         # (identity, resourceVersion and status are read from the main resource) and PATCH
         # of its status subresource. Nothing more: a real API server refuses to create a Role
@@ -172,9 +175,9 @@ def build_role(obj: Mapping[str, Any]) -> Manifest:
     }
 
 
-def build_role_binding(obj: Mapping[str, Any]) -> Manifest:
+def build_role_binding(obj: Mapping[str, Any], run: int = 1) -> Manifest:
     namespace, *_ = _identity(obj)
-    child = names_for(obj)
+    child = names_for(obj, run)
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
@@ -330,10 +333,12 @@ def _resources(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings)
     return {"requests": requests, "limits": limits}
 
 
-def build_job(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> Manifest:
-    """The engine's Job for the object's current generation (see docs/architecture.md)."""
+def build_job(
+    obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings, run: int = 1
+) -> Manifest:
+    """The engine's Job for the object's current generation and run (docs/architecture.md)."""
     namespace, name, uid, generation = _identity(obj)
-    child = job_name(namespace, name, uid, generation)
+    child = job_name(namespace, name, uid, generation, run)
     meta = _child_meta(obj, child)
     if spec.queue_name:
         meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
@@ -446,14 +451,14 @@ def build_job(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) 
 
 
 def build_children(
-    obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings
+    obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings, run: int = 1
 ) -> list[Manifest]:
     """ServiceAccount, Role, RoleBinding, Job, in the order they must be created."""
     return [
-        build_service_account(obj),
-        build_role(obj),
-        build_role_binding(obj),
-        build_job(obj, spec, s),
+        build_service_account(obj, run),
+        build_role(obj, run),
+        build_role_binding(obj, run),
+        build_job(obj, spec, s, run),
     ]
 
 

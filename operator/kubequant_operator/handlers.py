@@ -9,7 +9,8 @@ operators one after another in one process.
   (:func:`retry_delay` of kopf's own ``retry`` count);
 - watch events of Jobs and Pods labelled ``app.kubernetes.io/managed-by=kubequant`` ->
   reconcile of the owner (from the child's owner annotation / ownerReference / label);
-- every watch event of a ModelOptimization -> the metrics index (DELETED removes the series);
+- every watch event of a ModelOptimization -> the metrics index (DELETED removes the series),
+  and a reconcile when its ``kubequant.io/rerun`` annotation holds a value not yet handled;
 - ``periodic_resync``: the level-based safety net, one loop for all objects (a per-object
   kopf timer would need a finalizer on every object; kubequant uses none).
 """
@@ -31,6 +32,7 @@ from kubequant_operator.kube import KubeError
 from kubequant_operator.metrics import Metrics, view_of
 from kubequant_operator.reconcile import ReconcileError, Reconciler
 from kubequant_operator.settings import Settings
+from kubequant_operator.status import rerun_wanted
 
 log = logging.getLogger("kubequant.operator")
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -148,6 +150,13 @@ def build_registry(s: Settings, reconciler: Reconciler, metrics: Metrics) -> kop
             metrics.index.forget(str(meta.get("namespace")), str(meta.get("name")))
         else:
             metrics.index.update(body)
+
+    @kopf.on.event(*RESOURCE, id="rerun", registry=registry)
+    async def rerun_requested(body: Mapping[str, Any], namespace: str | None, **_: Any) -> None:
+        # kubequant.io/rerun is an annotation (no spec change): any watch event showing a
+        # value not yet handled reconciles the object (level-based, see decide_rerun).
+        if namespace and rerun_wanted(body):
+            await run(namespace, str((body.get("metadata") or {}).get("name")), retry=None)
 
     @kopf.on.event(*JOBS, labels=CHILD_LABELS, id="job-event", registry=registry)
     @kopf.on.event(*PODS, labels=CHILD_LABELS, id="pod-event", registry=registry)

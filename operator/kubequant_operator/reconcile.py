@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ from kubequant_operator.status import (
     Observation,
     StatusUpdate,
     compute_status,
+    decide_rerun,
     is_terminal_for_generation,
 )
 
@@ -162,7 +163,9 @@ class Reconciler:
         if spec is not None:
             extra["method"] = str(spec.method)
 
-        current_name = builders.job_name(namespace, name, uid, generation)
+        # The annotation kubequant.io/rerun may ask for one more run of this generation.
+        rerun = decide_rerun(obj, spec_valid=spec is not None)
+        current_name = builders.job_name(namespace, name, uid, generation, rerun.run)
         job, deleted, live = await self._stop_stale_jobs(
             namespace, uid, generation, current_name, extra
         )
@@ -177,13 +180,13 @@ class Reconciler:
                 log.info("suspended: stopped the Job", extra={**extra, "job": current_name})
             job = None
         elif spec is not None and job is None:
-            if is_terminal_for_generation(obj):
-                # This generation already ended; its Job may be gone (TTL). Never rerun it.
+            if is_terminal_for_generation(obj) and not rerun.start:
+                # This run already ended; its Job may be gone (TTL). Only a rerun runs again.
                 self.metrics.index.update(obj)
                 return ReconcileOutcome(phase=(obj.get("status") or {}).get("phase"), job_name=None)
             blocker = await self._missing_references(namespace, spec)
             if blocker is None:
-                job, refusal = await self._create_children(obj, spec)
+                job, refusal = await self._create_children(obj, spec, rerun.run)
             if job is not None:
                 created = True
                 log.info("created the engine's Job", extra={**extra, "job": current_name})
@@ -193,6 +196,7 @@ class Reconciler:
         observation = await self._observe(
             namespace, obj, spec, job, blocker, refusal=refusal, fresh=created
         )
+        observation = replace(observation, rerun=rerun)
         now = datetime.now(UTC)
         update = compute_status(observation, self.settings, now)
         patched = await self._write_status(namespace, name, obj, update, now=now, extra=extra)
@@ -290,6 +294,9 @@ class Reconciler:
                 namespace,
                 {OWNER_UID_LABEL: uid, "kubequant.io/generation": str(generation)},
             )
+            # Only this run's pods: a rerun's generation also labels the earlier runs' pods.
+            job_uid = str((job.get("metadata") or {}).get("uid") or "")
+            pods = [p for p in pods if not job_uid or builders.controlled_by(p, job_uid)]
             if job_finished(job) is not None and result_for_generation(obj, generation) is None:
                 harvested = harvest_from_pods(pods, generation)
                 if harvested is None and spec is not None:
@@ -388,7 +395,7 @@ class Reconciler:
         return None
 
     async def _create_children(
-        self, obj: Mapping[str, Any], spec: ModelOptimizationSpec
+        self, obj: Mapping[str, Any], spec: ModelOptimizationSpec, run: int = 1
     ) -> tuple[dict[str, Any] | None, ChildRefusal | None]:
         """SA, Role, RoleBinding, then the Job; "already exists" is success.
 
@@ -396,7 +403,7 @@ class Reconciler:
         the status rather than raised, since only a change elsewhere (RBAC, admission, the
         spec) makes the same create succeed."""
         job: dict[str, Any] | None = None
-        for manifest in builders.build_children(obj, spec, self.settings):
+        for manifest in builders.build_children(obj, spec, self.settings, run):
             meta = manifest["metadata"]
             try:
                 made = await self.kube.create(manifest)

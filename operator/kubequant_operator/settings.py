@@ -17,6 +17,7 @@ from pydantic import AfterValidator, field_validator
 
 from kubequant_api.errors import KubequantError
 from kubequant_api.settings import CONFIG_FILE_ENV, LOG_LEVELS, Env, KubequantSettings, port_number
+from kubequant_api.status import HISTORY_MAX
 
 __all__ = ["CONFIG_FILE_ENV", "DEFAULTS", "Settings", "SettingsError"]
 
@@ -75,6 +76,8 @@ class Settings(KubequantSettings):
     """Timeout of every non-watch API request the operator makes."""
     api_connections: int = 16
     """Concurrent HTTP connections of the operator's own API calls (kopf's watches aside)."""
+    history_limit: int = 10
+    """Finished runs kept in each object's status.history, newest first (0 to 100)."""
     kubeconfig: Annotated[str, Env("KUBECONFIG")] = ""
     """Kubeconfig file (standard KUBECONFIG variable); empty: in-cluster service account."""
 
@@ -142,6 +145,13 @@ class Settings(KubequantSettings):
     def _at_least_one(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be >= 1")
+        return value
+
+    @field_validator("history_limit")
+    @classmethod
+    def _history_limit(cls, value: int) -> int:
+        if not 0 <= value <= HISTORY_MAX:
+            raise ValueError(f"must be between 0 and {HISTORY_MAX}")
         return value
 
     @field_validator("log_level")

@@ -7,9 +7,11 @@ reason, message, whether work is under way, suspended or stalled, and the run's 
 Reading Jobs and Pods lives in :mod:`.children`, why a run cannot progress in :mod:`.failures`,
 harvesting results in :mod:`.harvest`.
 
-The operator owns ``phase``, ``conditions``, ``observedGeneration``, ``jobName``,
-``attempts``, the times, ``message`` and ``failure``; it writes ``result`` only when it
-harvests one the engine could not write (from the termination message or ``results.json``).
+The operator owns ``phase``, ``conditions``, ``observedGeneration``, ``run``, ``jobName``,
+``attempts``, the times, ``message``, ``failure``, ``rerun``, ``lastSuccessful`` and
+``history``; it writes ``result`` only when it harvests one the engine could not write (from
+the termination message or ``results.json``), and clears ``result`` and ``progress`` in the
+patch that records a new run (a new generation, or a rerun: :func:`decide_rerun`).
 Conditions follow kstatus: ``Ready`` is True only when the run of the current generation is
 done, ``Reconciling`` is True while work is under way, ``Stalled`` is True with a reason when
 the object cannot progress without a change.
@@ -24,6 +26,7 @@ from typing import Any
 
 from kubequant_api.constants import ConditionType, GateVerdict, Phase, Reason
 from kubequant_api.models import ModelOptimizationSpec, Result
+from kubequant_api.status import CONDITION_MESSAGE_MAX, RERUN_ANNOTATION
 from kubequant_operator.builders import generation_of_child
 from kubequant_operator.children import (
     attempts,
@@ -55,7 +58,15 @@ OPERATOR_FIELDS = (
     "completionTime",
     "message",
     "failure",
+    "run",
+    "rerun",
+    "lastSuccessful",
+    "history",
 )
+# Events of the rerun annotation (kubequant.io/rerun).
+RERUN_STARTED = "RerunStarted"
+RERUN_QUEUED = "RerunQueued"
+RERUN_REFUSED = "RerunRefused"
 
 
 def rfc3339(when: datetime) -> str:
@@ -86,6 +97,7 @@ class Observation:
     harvest_note: str = ""  # why nothing could be harvested (for ResultsUnavailable)
     # The Job's FailedCreate events, read only while the Job has no live pod.
     pod_create_events: Sequence[Mapping[str, Any]] = ()
+    rerun: RerunDecision | None = None  # what the rerun annotation asks (decide_rerun)
 
 
 @dataclass(frozen=True)
@@ -170,7 +182,9 @@ def classify(obs: Observation, s: Settings, now: datetime) -> State:
     job = obs.job
     generation = generation_of(obs.obj)
     pods = [p for p in obs.pods if generation_of_child(p) in (None, generation)]
-    existing = result_for_generation(obs.obj, generation)
+    run = obs.rerun.run if obs.rerun is not None else current_run(obs.obj)
+    restarted = rerun_started(obs.obj, run)
+    existing = None if restarted else result_for_generation(obs.obj, generation)
     harvested: dict[str, Any] | None = None
     if existing is None and obs.harvested is not None and job_finished(job) is not None:
         harvested = existing = obs.harvested.to_api()
@@ -291,11 +305,13 @@ def is_terminal_for_generation(obj: Mapping[str, Any]) -> bool:
 
 
 def _cond(ctype: ConditionType, status: bool, reason: str, message: str) -> dict[str, Any]:
+    """One condition as metav1.Condition validates it: a CamelCase reason, a bounded
+    message (lastTransitionTime and observedGeneration are added by merge_conditions)."""
     return {
         "type": str(ctype),
         "status": "True" if status else "False",
         "reason": str(reason),
-        "message": message,
+        "message": clip(message, CONDITION_MESSAGE_MAX) if message else "",
     }
 
 
@@ -340,13 +356,202 @@ def merge_conditions(
     return merged
 
 
+# --------------------------------------------------------------------------- runs
+
+
+def current_run(obj: Mapping[str, Any]) -> int:
+    """The run of the current generation the status records (1 until a rerun starts)."""
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != generation_of(obj):
+        return 1
+    run = status.get("run")
+    return int(run) if isinstance(run, int) and run >= 1 else 1
+
+
+def rerun_started(obj: Mapping[str, Any], run: int) -> bool:
+    """Whether ``run`` is a rerun of the generation the status describes, not yet recorded:
+    the previous run's result and progress (of the same generation) must go, in the patch
+    that records it. (A new generation's are told apart by their ``generation``.)"""
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != generation_of(obj):
+        return False
+    return (status.get("run") or 1) != run
+
+
+def _rerun_value(obj: Mapping[str, Any]) -> str | None:
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(RERUN_ANNOTATION)
+    return str(value) if value else None
+
+
+@dataclass(frozen=True)
+class RerunDecision:
+    """What the ``kubequant.io/rerun`` annotation asks of this reconcile.
+
+    ``run`` is the run of the current generation to converge on; ``start`` says it is a new
+    one to create now; ``record`` is the new ``status.rerun`` (None: unchanged).
+    """
+
+    run: int
+    start: bool = False
+    record: dict[str, Any] | None = None
+    event: EventSpec | None = None
+
+
+def decide_rerun(obj: Mapping[str, Any], spec_valid: bool) -> RerunDecision:
+    """Level-based: a value of the annotation differing from ``status.rerun.requested``
+    starts one more run of the current generation once the current run has ended; while a
+    run is active it is queued (``status.rerun.queued``) and starts when that run ends. A
+    new generation's first run covers it; an invalid spec refuses it (only a spec change
+    helps). The same value never triggers twice."""
+    run = current_run(obj)
+    value = _rerun_value(obj)
+    status = obj.get("status") or {}
+    record = dict(status.get("rerun") or {})
+    if value is None or value == record.get("requested"):
+        return RerunDecision(run)
+    generation = generation_of(obj)
+    if status.get("observedGeneration") != generation:
+        # A new generation: its first run is the run asked for.
+        return RerunDecision(run, record={"requested": value, "run": run})
+    if not spec_valid:
+        message = (
+            f"rerun {value!r} refused: generation {generation} has an invalid spec; "
+            "a spec change starts a new run"
+        )
+        return RerunDecision(
+            run,
+            record={"requested": value, "run": run},
+            event=EventSpec("Warning", RERUN_REFUSED, message),
+        )
+    if is_terminal_for_generation(obj):
+        following = run + 1
+        message = (
+            f"rerun {value!r}: starting run {following} of generation {generation} "
+            f"(run {run} ended {status.get('phase')})"
+        )
+        return RerunDecision(
+            following,
+            start=True,
+            record={"requested": value, "run": following},
+            event=EventSpec("Normal", RERUN_STARTED, message),
+        )
+    if record.get("queued") == value:
+        return RerunDecision(run)
+    message = (
+        f"rerun {value!r} queued: run {run} of generation {generation} has not ended; "
+        "the rerun starts when it does"
+    )
+    queued = {**record, "run": int(record.get("run") or run), "queued": value}
+    return RerunDecision(run, record=queued, event=EventSpec("Normal", RERUN_QUEUED, message))
+
+
+def rerun_wanted(obj: Mapping[str, Any]) -> bool:
+    """Whether a watch event of the object needs a reconcile for its rerun annotation: a new
+    value not yet handled (or a queued one whose run has ended)."""
+    value = _rerun_value(obj)
+    record = (obj.get("status") or {}).get("rerun") or {}
+    if value is None or value == record.get("requested"):
+        return False
+    return value != record.get("queued") or is_terminal_for_generation(obj)
+
+
+# --------------------------------------------------------------------------- history
+
+# The primary quality metric of a result: the one its gate bounds, else the first present.
+_QUALITY_METRICS = (
+    ("min_cosine_similarity", "cosineSimilarity"),
+    ("max_perplexity_increase_percent", "perplexityIncreasePercent"),
+    ("min_top1_agreement", "top1Agreement"),
+)
+
+
+def primary_quality(
+    result: Mapping[str, Any], spec: ModelOptimizationSpec | None
+) -> tuple[str, float] | None:
+    """(metric, value) of the result's primary quality metric, if it has one."""
+    gate = spec.evaluation.quality_gate if spec is not None else None
+    order = [key for attr, key in _QUALITY_METRICS if getattr(gate, attr, None) is not None]
+    order += [key for _, key in _QUALITY_METRICS if key not in order]
+    for key in order:
+        value = result.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return key, float(value)
+    return None
+
+
+def run_summary(
+    result: Mapping[str, Any], *, generation: int, run: int, desired: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``status.lastSuccessful`` for a run that succeeded with ``result``."""
+    summary = {
+        "generation": generation,
+        "run": run,
+        "jobName": desired.get("jobName"),
+        "method": result.get("method"),
+        "compressionRatio": result.get("compressionRatio"),
+        "qualityGate": result.get("qualityGate"),
+        "completionTime": desired.get("completionTime"),
+        "outputUri": result.get("outputUri"),
+        "outputDigest": result.get("outputDigest"),
+    }
+    return {k: v for k, v in summary.items() if v is not None}
+
+
+def history_entry(
+    state: State,
+    result: Mapping[str, Any] | None,
+    spec: ModelOptimizationSpec | None,
+    *,
+    generation: int,
+    run: int,
+) -> dict[str, Any]:
+    """One ``status.history`` entry for a run that ended in ``state``."""
+    res = result or {}
+    quality = primary_quality(res, spec)
+    entry = {
+        "generation": generation,
+        "run": run,
+        "jobName": state.job_name,
+        "method": res.get("method") or (str(spec.method) if spec is not None else None),
+        "outcome": "Succeeded" if state.phase == Phase.SUCCEEDED else "Failed",
+        "reason": str(state.reason),
+        "compressionRatio": res.get("compressionRatio"),
+        "qualityMetric": quality[0] if quality else None,
+        "qualityValue": quality[1] if quality else None,
+        "qualityGate": res.get("qualityGate"),
+        "startTime": state.start_time,
+        "completionTime": state.completion_time,
+    }
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+def updated_history(
+    history: Sequence[Mapping[str, Any]], entry: Mapping[str, Any], limit: int
+) -> list[dict[str, Any]]:
+    """``entry`` first (replacing the entry of the same run), at most ``limit`` entries."""
+    key = (entry.get("generation"), entry.get("run"))
+    rest = [dict(h) for h in history if (h.get("generation"), h.get("run") or 1) != key]
+    return [dict(entry), *rest][: max(limit, 0)]
+
+
+def _replacement(old: Any, new: Any) -> Any:
+    """A merge-patch value that turns ``old`` into ``new`` (keys ``new`` lacks set to null)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = {k: None for k in old if k not in new}
+        out.update({k: _replacement(old.get(k), v) for k, v in new.items()})
+        return out
+    return new
+
+
 # --------------------------------------------------------------------------- the computation
 
 
 def compute_status(obs: Observation, s: Settings, now: datetime) -> StatusUpdate:
-    """The operator-owned status for the object's current generation, and the events."""
+    """The operator-owned status for the object's current run, and the events."""
     generation = generation_of(obs.obj)
     old = dict(obs.obj.get("status") or {})
+    decision = obs.rerun if obs.rerun is not None else RerunDecision(current_run(obs.obj))
+    run = decision.run
     state = classify(obs, s, now)
     conditions = merge_conditions(
         old.get("conditions") or [], conditions_for(state), generation, rfc3339(now)
@@ -354,6 +559,7 @@ def compute_status(obs: Observation, s: Settings, now: datetime) -> StatusUpdate
     desired: dict[str, Any] = {
         "phase": str(state.phase),
         "observedGeneration": generation,
+        "run": run,
         "conditions": conditions,
         "jobName": state.job_name,
         "attempts": state.attempts,
@@ -361,14 +567,39 @@ def compute_status(obs: Observation, s: Settings, now: datetime) -> StatusUpdate
         "completionTime": state.completion_time,
         "message": clip(state.message),
         "failure": state.failure.to_api() if state.failure is not None else None,
+        "rerun": decision.record if decision.record is not None else old.get("rerun"),
+        "lastSuccessful": old.get("lastSuccessful"),
+        "history": list(old.get("history") or []),
     }
+    restarted = rerun_started(obs.obj, run)
+    result = state.result
+    if result is None and not restarted:
+        result = result_for_generation(obs.obj, generation)
+    ended = state.phase in (Phase.SUCCEEDED, Phase.FAILED) and state.job_name is not None
+    if ended:
+        if state.reason == Reason.SUCCEEDED and result is not None:
+            desired["lastSuccessful"] = run_summary(
+                result, generation=generation, run=run, desired=desired
+            )
+        entry = history_entry(state, result, obs.spec, generation=generation, run=run)
+        desired["history"] = updated_history(desired["history"], entry, s.history_limit)
     patch: dict[str, Any] = {}
     for key in OPERATOR_FIELDS:
         if _normal(old.get(key)) != _normal(desired[key]):
-            patch[key] = desired[key]
+            patch[key] = _replacement(old.get(key), desired[key])
+    for key in ("result", "progress"):
+        # A new run: the previous run's figures go in the patch that records this run.
+        previous = old.get(key)
+        if isinstance(previous, Mapping) and (
+            restarted or previous.get("generation") != generation
+        ):
+            patch[key] = None
     if state.result is not None:
         patch["result"] = state.result
-    return StatusUpdate(status=desired, patch=patch or None, events=transition_events(old, desired))
+    events = transition_events(old, desired)
+    if decision.event is not None:
+        events.insert(0, decision.event)
+    return StatusUpdate(status=desired, patch=patch or None, events=events)
 
 
 def _normal(value: Any) -> Any:

@@ -317,6 +317,7 @@ class KubeStatusReporter:
     def stage(self, stage: Stage, percent: int, candidate: str | None = None) -> None:
         if self.stale is not None:
             raise StaleRunError(str(self.stale))
+        # Progress fills in its summary ("Quantizing 40%"): kubectl get's Progress column.
         progress = Progress(
             stage=Stage(stage),
             percent=max(0, min(100, percent)),

@@ -65,7 +65,19 @@ def test_names_and_printer_columns_follow_the_contract() -> None:
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Method", "Model", "Ratio", "Quality", "Ready", "Age"]
+    assert columns == [
+        "Phase",
+        "Method",
+        "Model",
+        "Progress",
+        "Ratio",
+        "Quality",
+        "Ready",
+        "Reason",
+        "Run",
+        "Last-Ratio",
+        "Age",
+    ]
 
 
 def _typed(value: Any, schema: dict[str, Any]) -> Any:

@@ -48,7 +48,12 @@ def test_progress_and_result_written_with_uid_and_resource_version_preconditions
     finally:
         r.close()
     obj = kube_api.get(NS, NAME)
-    assert obj["status"]["progress"] == {"stage": "Loading", "percent": 5, "generation": 3}
+    assert obj["status"]["progress"] == {
+        "stage": "Loading",
+        "percent": 5,
+        "generation": 3,
+        "summary": "Loading 5%",
+    }
     assert obj["status"]["result"]["generation"] == 3
     assert obj["status"]["result"]["compressionRatio"] == 3.9
     assert r.writes == 2
@@ -121,6 +126,7 @@ def test_conflict_rereads_and_retries(kube_api: KubeApi) -> None:
         "percent": 40,
         "generation": 3,
         "candidate": "gptq",
+        "summary": "Quantizing 40% (gptq)",
     }
 
 

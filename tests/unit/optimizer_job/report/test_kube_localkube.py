@@ -87,7 +87,12 @@ def test_status_written_and_schema_accepted(cluster_env: Any) -> None:
     assert r.writes == 3 and r.stale is None
     obj = load_object(NS, "a", uid=ctx.uid, generation=1)
     status = obj["status"]
-    assert status["progress"] == {"stage": "Done", "percent": 100, "generation": 1}
+    assert status["progress"] == {
+        "stage": "Done",
+        "percent": 100,
+        "generation": 1,
+        "summary": "Done 100%",
+    }
     assert status["result"]["generation"] == 1
     assert status["result"]["cosineSimilarity"] == 0.9996
     assert status["result"]["candidates"][0]["compressionRatio"] == 1.5

@@ -146,7 +146,12 @@ def test_build_reporter_in_cluster_end_to_end(  # noqa: PLR0917 (pytest fixtures
         r.close()
 
     status = kube_api.get("prod", "bert")["status"]
-    assert status["progress"] == {"stage": "Done", "percent": 100, "generation": 2}
+    assert status["progress"] == {
+        "stage": "Done",
+        "percent": 100,
+        "generation": 2,
+        "summary": "Done 100%",
+    }
     assert status["result"]["cosineSimilarity"] == 0.9996
     assert status["result"]["generation"] == 2
 
