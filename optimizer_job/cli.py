@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -57,14 +58,43 @@ def _as_uri(value: str) -> str:
     return "file://" + str(Path(value).expanduser().resolve())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: construct_mapping reports it
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r} (first on line {first})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep)
+
+
+def _detach_stdin() -> None:
+    """Nothing after the manifest reads stdin (a library prompt there must never be answered)."""
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - for the process lifetime
+
+
 def read_manifest(path: str) -> tuple[dict[str, Any], ModelOptimizationSpec]:
     """The first ModelOptimization in a YAML file, parsed; errors name the file and field."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
         raise InvalidSpecError(path, f"cannot read the manifest: {exc.strerror or exc}") from exc
+    _detach_stdin()
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_UniqueKeyLoader) if d is not None]
     except yaml.YAMLError as exc:
         raise InvalidSpecError(path, f"not valid YAML: {exc}") from exc
     objs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
@@ -323,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc}\n")  # logging is not set up without settings
         return int(ExitCode.INVALID_SPEC)
     configure_logging(settings.log_level, getattr(args, "log_format", settings.log_format))
+    if args.command == "run-in-cluster":
+        _detach_stdin()
     try:
         if args.command == "run":
             return cmd_run(args, settings)

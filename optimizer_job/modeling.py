@@ -29,6 +29,8 @@ from optimizer_job.loading import (
 )
 from optimizer_job.methods.base import ArtifactInfo, InferenceModel, MethodError, get_method
 
+REMOTE_CODE_FIELD = "spec.model.trustRemoteCode"
+
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -77,6 +79,37 @@ def detect_task(source_dir: Path) -> Task:
     return Task.FEATURE_EXTRACTION
 
 
+def _remote_code(model_dir: Path) -> dict[str, Any]:
+    """The ``auto_map`` entries of config.json and tokenizer_config.json: classes the model
+    maps to code shipped with it."""
+    found: dict[str, Any] = {}
+    for name in ("config.json", "tokenizer_config.json"):
+        path = model_dir / name
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            continue  # read_config reports a broken config.json
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if isinstance(auto_map, dict):
+            found.update({f"{name}: {k}": v for k, v in auto_map.items()})
+        elif auto_map:
+            found[name] = auto_map
+    return found
+
+
+def check_remote_code(model_dir: Path, trust_remote_code: bool) -> None:
+    """Refuse a model that ships its own code unless the spec allows running it; checked
+    before transformers sees the model, so transformers never asks on stdin."""
+    mapped = _remote_code(model_dir)
+    if mapped and not trust_remote_code:
+        shown = ", ".join(f"{k} -> {v}" for k, v in list(mapped.items())[:4])
+        raise InvalidSpecError(
+            REMOTE_CODE_FIELD,
+            f"the model ships its own code (auto_map: {shown}); kubequant runs code from a "
+            f"model repository only with {REMOTE_CODE_FIELD}: true",
+        )
+
+
 def load_original(
     source_dir: Path, task: Task | str, device: str = "cpu", trust_remote_code: bool = False
 ) -> InferenceModel:
@@ -92,7 +125,21 @@ def load_original(
         )
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise InvalidSpecError(MODEL_FIELD, f"cannot load the model: {exc}") from exc
+    if trust_remote_code and _remote_code(source_dir):
+        _register_remote_classes(module, task)
     return TorchInferenceModel(module.to(device), task, device)
+
+
+def _register_remote_classes(module: Any, task: Task | str) -> None:
+    """Register the model's own (trusted) classes with the Auto classes, so that loading its
+    artifacts later in this run resolves them locally instead of asking about remote code."""
+    import transformers
+
+    config_class = type(module.config)
+    model_type = getattr(config_class, "model_type", "")
+    if model_type and model_type not in transformers.CONFIG_MAPPING:
+        transformers.AutoConfig.register(model_type, config_class, exist_ok=True)
+    auto_class(task).register(config_class, type(module), exist_ok=True)
 
 
 def load_artifact(artifact_dir: Path, device: str = "cpu") -> InferenceModel:
@@ -126,8 +173,10 @@ def preload_runtime(
         getattr(transformers, name)
     importlib.import_module("transformers.modeling_utils")
     importlib.import_module("transformers.quantizers.auto")
-    if source_dir is not None and task is not None:
-        config = transformers.AutoConfig.from_pretrained(str(source_dir))
+    if source_dir is not None and task is not None and not _remote_code(source_dir):
+        # trust_remote_code is explicit so transformers never prompts on stdin; a model whose
+        # classes come with it is left to from_pretrained under spec.model.trustRemoteCode.
+        config = transformers.AutoConfig.from_pretrained(str(source_dir), trust_remote_code=False)
         mapping = auto_class(task)._model_mapping
         if type(config) in mapping:
             mapping[type(config)]  # indexing imports the model's module
@@ -162,6 +211,7 @@ __all__ = [
     "TOKENIZER_FILES",
     "TorchInferenceModel",
     "auto_class",
+    "check_remote_code",
     "copy_tokenizer",
     "detect_task",
     "dir_size",

@@ -219,6 +219,7 @@ class Pipeline:
         setup.sink.check()
 
         source_dir = fetch_model(spec.model.uri, self.settings)
+        modeling.check_remote_code(source_dir, spec.model.trust_remote_code)
         task = (
             modeling.detect_task(source_dir)
             if spec.model.task == Task.AUTO

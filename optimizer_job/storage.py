@@ -44,6 +44,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The storage libraries log request headers at DEBUG (botocore: the Authorization header with
+# the access key id; urllib3/aiohttp: URLs with signatures): they never log below INFO here,
+# whatever the engine's log level.
+QUIET_LIBRARY_LOGGERS: Final = (
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "aiobotocore",
+    "s3fs",
+    "gcsfs",
+    "fsspec",
+    "urllib3",
+    "aiohttp",
+    "google.auth",
+)
+for _name in QUIET_LIBRARY_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.INFO)
+
 
 class StorageUnavailableError(KubequantError):
     """A storage endpoint could not be reached; retrying may help (exit code 1)."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from kubequant_api.constants import TERMINATION_MESSAGE_MAX_BYTES, ExitCode, Stage
 from kubequant_api.models import Result
@@ -179,6 +180,14 @@ def compact_summary(
     return encoded if len(encoded) < limit else b"{}"
 
 
+KUBERNETES_TERMINATION_LOG: Final = Path("/dev/termination-log")
+
+
+def in_pod() -> bool:
+    """Inside a Kubernetes pod: the kubelet sets KUBERNETES_SERVICE_HOST in every container."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
 class TerminationMessageReporter:
     """Writes ``compact_summary(summary)`` to the termination-message file at finish."""
 
@@ -201,6 +210,11 @@ class TerminationMessageReporter:
     def finish(self, exit_code: ExitCode, summary: dict[str, Any]) -> None:
         data = compact_summary(summary, self.limit)
         extra = self.ctx.log_extra() if self.ctx is not None else {}
+        if self.path == KUBERNETES_TERMINATION_LOG and not in_pod():
+            # The kubelet's file exists only in a container; on a host (run as root) that
+            # path is a device node kubequant has no business writing to.
+            log.debug("not in a pod: no termination message at %s", self.path, extra=extra)
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_bytes(data)
