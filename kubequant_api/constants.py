@@ -92,6 +92,13 @@ class Reason(StrEnum):
     QUOTA_EXCEEDED = "QuotaExceeded"
     POD_SECURITY_VIOLATION = "PodSecurityViolation"
     POD_CREATE_FORBIDDEN = "PodCreateForbidden"
+    # A child with the per-run name exists but is not controlled by this object: it is never
+    # adopted and nothing is read from it.
+    CHILD_CONFLICT = "ChildConflict"
+    # The operator's policy settings refuse what the spec asks of the cluster.
+    IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+    PRIORITY_CLASS_NOT_ALLOWED = "PriorityClassNotAllowed"
+    PLACEMENT_NOT_ALLOWED = "PlacementNotAllowed"
 
 
 STALLED_REASONS: Final = (
@@ -111,6 +118,10 @@ STALLED_REASONS: Final = (
     Reason.QUOTA_EXCEEDED,
     Reason.POD_SECURITY_VIOLATION,
     Reason.POD_CREATE_FORBIDDEN,
+    Reason.CHILD_CONFLICT,
+    Reason.IMAGE_NOT_ALLOWED,
+    Reason.PRIORITY_CLASS_NOT_ALLOWED,
+    Reason.PLACEMENT_NOT_ALLOWED,
 )
 
 

@@ -503,8 +503,12 @@ class Resources(ApiModel):
 
 
 class Cache(ApiModel):
-    pvc_name: Annotated[str, Field(max_length=253)] = Field(
-        "", description="PVC mounted as HF_HOME: a model download cache shared across runs."
+    # A claim name is a DNS-1123 subdomain: never '..', '/' or '%', so it cannot leave its
+    # path segment in the URLs and directories built from it.
+    pvc_name: Annotated[str, Field(max_length=253, pattern=OPTIONAL_DNS_SUBDOMAIN_PATTERN)] = Field(
+        "",
+        description="PVC mounted as HF_HOME: a model download cache shared across runs (a "
+        "DNS-1123 subdomain).",
     )
 
 

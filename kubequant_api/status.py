@@ -256,6 +256,11 @@ class RerunRecord(ApiModel):
     )
 
 
+class JobRef(ApiModel):
+    name: str = Field(description="The Job's name.")
+    uid: str = Field(description="The Job's uid: only this Job's results are believed.")
+
+
 class ModelOptimizationStatus(ApiModel):
     phase: Phase | None = Field(None, description="Pending, Running, Succeeded or Failed.")
     observed_generation: int | None = Field(
@@ -277,6 +282,9 @@ class ModelOptimizationStatus(ApiModel):
     )
     job_name: str | None = Field(
         None, description="The engine's Job for the current run (deterministic name)."
+    )
+    job: JobRef | None = Field(
+        None, description="The Job the operator created (or adopted) for the current run."
     )
     attempts: int | None = Field(None, description="Pods the Job has run so far.")
     start_time: str | None = Field(None, description="When the Job started (RFC 3339).")

@@ -3,6 +3,13 @@
 Pure readers, no I/O and no judgement: which conditions a Job carries, whether it finished,
 how many attempts it made, the engine container's states in a Pod. What those facts mean
 for the object's status is decided in :mod:`kubequant_operator.status`.
+
+One judgement lives here, whose children are ours (docs/security.md, "trust boundaries"):
+labels can be set by anyone who may create the kind, so a child is the object's only when
+its controller ownerReference carries the object's uid (:func:`stranger`), a Job is the one
+the operator created only when its uid is the one recorded in ``status.job``
+(:func:`job_conflict`), and a pod is the Job's only when the Job controls it
+(:func:`controlled_pods`). Nothing is read from any other.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from kubequant_operator.builders import CONTAINER_NAME
+from kubequant_operator.builders import CONTAINER_NAME, controlled_by
 
 IMAGE_PULL_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -28,6 +35,69 @@ def parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+# --------------------------------------------------------------------------- whose children
+
+
+def controller_ref(child: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The child's controller ownerReference, if it has one."""
+    for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def describe(child: Mapping[str, Any]) -> str:
+    """``Kind name`` and who controls it: for messages about a child that is not ours."""
+    meta = child.get("metadata") or {}
+    what = f"{child.get('kind') or 'object'} {meta.get('name')}"
+    ref = controller_ref(child)
+    if ref is None:
+        return f"{what} (no controller)"
+    return f"{what} (controlled by {ref.get('kind')} {ref.get('name')}, uid {ref.get('uid')})"
+
+
+def stranger(child: Mapping[str, Any], uid: str) -> str | None:
+    """None when ``child`` is controlled by the object with ``uid``; else what it is and who
+    controls it. Labels and names are not proof: anyone who may create the kind sets them."""
+    if controlled_by(child, uid):
+        return None
+    return describe(child)
+
+
+def job_record(job: Mapping[str, Any]) -> dict[str, str]:
+    """What ``status.job`` records of the Job the operator created: its name and uid."""
+    meta = job.get("metadata") or {}
+    return {"name": str(meta.get("name") or ""), "uid": str(meta.get("uid") or "")}
+
+
+def job_conflict(
+    job: Mapping[str, Any], uid: str, recorded: Mapping[str, Any] | None
+) -> str | None:
+    """Why the current generation's Job cannot be trusted, or None.
+
+    It must be controlled by the object, and when ``status.job`` recorded a Job of this name,
+    have the recorded uid (a Job deleted and re-created by someone else is not ours)."""
+    problem = stranger(job, uid)
+    if problem is not None:
+        return f"{problem} is not controlled by this object"
+    record = recorded if isinstance(recorded, Mapping) else {}
+    mine = job_record(job)
+    if record.get("name") == mine["name"] and record.get("uid") and record["uid"] != mine["uid"]:
+        return (
+            f"Job {mine['name']} has uid {mine['uid']}, not the uid {record['uid']} of the Job "
+            "the operator created (status.job): it was replaced"
+        )
+    return None
+
+
+def controlled_pods(
+    pods: Sequence[Mapping[str, Any]], job: Mapping[str, Any]
+) -> list[Mapping[str, Any]]:
+    """The pods the Job controls (found by label, which anyone can set)."""
+    job_uid = str((job.get("metadata") or {}).get("uid") or "")
+    return [p for p in pods if job_uid and controlled_by(p, job_uid)]
 
 
 # --------------------------------------------------------------------------- jobs

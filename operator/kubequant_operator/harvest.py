@@ -2,12 +2,19 @@
 
 The engine writes ``status.result`` itself when it can. When it could not, the operator
 harvests the result from the engine's JSON summary in its pod's termination message, or
-from ``results.json`` beside a ``file://`` output. Only :func:`read_results_file` does I/O
-(a local file read; the reconciler runs it off the event loop).
+from ``results.json`` beside a ``file://`` output. Only :func:`read_results_file` and
+:func:`verify_output_digest` do I/O (local file reads; the reconciler runs them off the event
+loop).
+
+A harvested result is believed only with a digest that matches the published artifact where
+the operator can read it (:func:`verify_output_digest`: ``file://`` outputs); ``s3://``,
+``gs://`` and ``pvc://`` outputs are not readable by the operator, so there the result is
+taken from the Job the operator created alone (docs/security.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +23,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import ValidationError
 
-from kubequant_api.constants import RESULTS_FILE
+from kubequant_api.constants import COMPLETE_MARKER, MODEL_CARD_FILE, RESULTS_FILE
 from kubequant_api.models import Result
 from kubequant_operator.children import sorted_pods, terminated_state
 
@@ -121,3 +128,56 @@ def read_results_file(output_uri: str, generation: int) -> tuple[Result | None, 
     if result is None:
         return None, f"{path} holds no result for generation {generation}"
     return result, ""
+
+
+# --------------------------------------------------------------------------- the artifact's digest
+# The engine's digest (optimizer_job/artifact.py, which the operator may not import):
+# "sha256:" + SHA-256 of one line "<relative path>\t<size>\t<sha256 hex>\n" per file, sorted
+# by path, over every file except results.json, README.md and the completion marker.
+DIGEST_EXCLUDED = frozenset({RESULTS_FILE, MODEL_CARD_FILE, COMPLETE_MARKER})
+_CHUNK = 1 << 20
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def artifact_digest(root: Path) -> str:
+    """The digest of the artifact folder ``root``, computed as the engine computes it."""
+    lines = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel not in DIGEST_EXCLUDED:
+            lines.append((rel, p.stat().st_size, _file_sha256(p)))
+    text = "".join(f"{rel}\t{size}\t{sha}\n" for rel, size, sha in sorted(lines))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def verify_output_digest(result: Result, output_uri: str) -> str | None:
+    """Why a harvested ``result`` is not believed, or None.
+
+    Where the operator can read the output (``file://``), a result that names an artifact must
+    carry ``outputDigest`` and it must equal the digest of the files published there. A dry
+    run's plan names no artifact; other schemes cannot be read here (None)."""
+    parsed = urlparse(output_uri)
+    if parsed.scheme != "file" or result.plan is not None:
+        return None
+    root = Path(unquote(parsed.path))
+    if not result.output_digest:
+        return f"the result names no outputDigest for the artifact at {root}"
+    if not root.is_dir():
+        return f"no artifact at {root} to check outputDigest {result.output_digest} against"
+    try:
+        found = artifact_digest(root)
+    except OSError as exc:
+        return f"the artifact at {root} is not readable ({exc})"
+    if found != result.output_digest:
+        return (
+            f"outputDigest {result.output_digest} does not match the artifact at {root} "
+            f"({found})"
+        )
+    return None

@@ -18,7 +18,7 @@ import secrets as _random
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -49,28 +49,69 @@ class KubeError(KubequantError):
         return self.status == 409
 
 
-_PATHS: dict[tuple[str, str], str] = {
-    ("v1", "ServiceAccount"): "/api/v1/namespaces/{ns}/serviceaccounts",
-    ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
-    ("v1", "Secret"): "/api/v1/namespaces/{ns}/secrets",
-    ("v1", "PersistentVolumeClaim"): "/api/v1/namespaces/{ns}/persistentvolumeclaims",
-    ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
-    ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{ns}/jobs",
-    ("rbac.authorization.k8s.io/v1", "Role"): (
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles"
-    ),
+# (api_version, kind) -> (path prefix, resource): every path is built by :func:`api_path`.
+_RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts"),
+    ("v1", "Pod"): ("/api/v1", "pods"),
+    ("v1", "Secret"): ("/api/v1", "secrets"),
+    ("v1", "PersistentVolumeClaim"): ("/api/v1", "persistentvolumeclaims"),
+    ("v1", "Event"): ("/api/v1", "events"),
+    ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
+    ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): (
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"
+        "/apis/rbac.authorization.k8s.io/v1",
+        "rolebindings",
     ),
-    (API_VERSION, KIND): f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
+    (API_VERSION, KIND): (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 
 
-def collection_path(api_version: str, kind: str, namespace: str) -> str:
+class PathSegmentError(KubeError):
+    """A namespace or name that cannot be one segment of an API path: refused before any
+    request is sent (status 0), so a caller that handles a failed call handles it too."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, message)
+
+
+def path_segment(value: str, what: str = "name") -> str:
+    """``value`` escaped as one URL path segment (``quote(value, safe="")``).
+
+    Refused, as the API server's own ``IsValidPathSegmentName`` refuses them as object names:
+    an empty value, ``.`` and ``..`` (a client or proxy would normalize them away, moving the
+    request up the path), and any value containing ``/`` or ``%`` (the API server decodes the
+    path before it splits it, so an escaped ``%2F`` still becomes a separator there)."""
+    if value in ("", ".", ".."):
+        raise PathSegmentError(f"{what} {value!r} may not be empty, '.' or '..'")
+    for bad in ("/", "%"):
+        if bad in value:
+            raise PathSegmentError(f"{what} {value!r} may not contain {bad!r}")
+    return quote(value, safe="")
+
+
+def api_path(
+    api_version: str,
+    kind: str,
+    namespace: str,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """The one place an API path is built: every namespace, name and subresource is an
+    escaped path segment (:func:`path_segment`)."""
     try:
-        return _PATHS[(api_version, kind)].format(ns=namespace)
+        prefix, resource = _RESOURCES[(api_version, kind)]
     except KeyError as exc:
         raise KubequantError(f"no API path known for {api_version} {kind}") from exc
+    parts = [prefix, "namespaces", path_segment(namespace, "namespace"), resource]
+    if name is not None:
+        parts.append(path_segment(name, f"{kind} name"))
+        if subresource is not None:
+            parts.append(path_segment(subresource, "subresource"))
+    return "/".join(parts)
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    return api_path(api_version, kind, namespace)
 
 
 class Kube:
@@ -179,7 +220,7 @@ class Kube:
     # ------------------------------------------------------------------ objects
 
     def _object_path(self, namespace: str, name: str) -> str:
-        return f"{collection_path(API_VERSION, KIND, namespace)}/{name}"
+        return api_path(API_VERSION, KIND, namespace, name)
 
     async def get_object(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -209,7 +250,7 @@ class Kube:
             body["metadata"] = {"resourceVersion": resource_version}
         return await self.request(
             "PATCH",
-            f"{self._object_path(namespace, name)}/status",
+            api_path(API_VERSION, KIND, namespace, name, "status"),
             body,
             content_type=MERGE_PATCH,
         )
@@ -225,9 +266,7 @@ class Kube:
         self, api_version: str, kind: str, namespace: str, name: str
     ) -> dict[str, Any] | None:
         try:
-            return await self.request(
-                "GET", f"{collection_path(api_version, kind, namespace)}/{name}"
-            )
+            return await self.request("GET", api_path(api_version, kind, namespace, name))
         except KubeError as exc:
             if exc.not_found:
                 return None
@@ -267,7 +306,7 @@ class Kube:
         try:
             await self.request(
                 "DELETE",
-                f"{collection_path(api_version, kind, namespace)}/{name}",
+                api_path(api_version, kind, namespace, name),
                 body,
                 query=[("propagationPolicy", "Background")],
             )
@@ -282,7 +321,7 @@ class Kube:
         try:
             await self.request(
                 "GET",
-                f"{collection_path(api_version, kind, namespace)}/{name}",
+                api_path(api_version, kind, namespace, name),
                 accept=PARTIAL_METADATA,
                 want_body=False,
             )

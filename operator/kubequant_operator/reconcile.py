@@ -25,10 +25,23 @@ from kubequant_api.constants import (
 from kubequant_api.errors import InvalidSpecError, KubequantError
 from kubequant_api.models import ModelOptimizationSpec, Result, parse_spec
 from kubequant_operator import builders
-from kubequant_operator.checks import compatibility_problem
-from kubequant_operator.children import awaits_pods, job_finished, job_started, parse_time
+from kubequant_operator.checks import compatibility_problem, policy_problem
+from kubequant_operator.children import (
+    awaits_pods,
+    controlled_pods,
+    job_conflict,
+    job_finished,
+    job_started,
+    parse_time,
+    stranger,
+)
 from kubequant_operator.failures import FAILED_CREATE, REFUSAL_STATUSES, ChildRefusal
-from kubequant_operator.harvest import harvest_from_pods, read_results_file, result_for_generation
+from kubequant_operator.harvest import (
+    harvest_from_pods,
+    read_results_file,
+    result_for_generation,
+    verify_output_digest,
+)
 from kubequant_operator.kube import Kube, KubeError, collection_path
 from kubequant_operator.metrics import Metrics, run_outcome
 from kubequant_operator.settings import Settings
@@ -62,6 +75,10 @@ class ChildRefusedError(ReconcileError):
         self.refusal = refusal
 
 
+class ChildConflictError(ReconcileError):
+    """A child with the per-run name exists and is not controlled by this object."""
+
+
 @dataclass
 class _KeyState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -79,6 +96,16 @@ class ReconcileOutcome:
     created: bool = False
     patched: bool = False
     deleted_jobs: tuple[str, ...] = ()
+
+
+def _conflict_blocker(conflict: str) -> Blocker:
+    """Stalled ChildConflict (not terminal: once the stranger is gone the run goes on)."""
+    return Blocker(
+        Reason.CHILD_CONFLICT,
+        f"{conflict}; it is not adopted and nothing is read from it (delete it, and the "
+        "operator creates its own)",
+        terminal=False,
+    )
 
 
 class Reconciler:
@@ -171,6 +198,11 @@ class Reconciler:
         )
         if generation > 1:
             await self._delete_stale_identities(namespace, uid, generation, live, extra)
+        conflict: str | None = None
+        if job is not None:
+            conflict = job_conflict(job, uid, (obj.get("status") or {}).get("job"))
+            if conflict is not None:
+                job = None  # a stranger's Job: never adopted, nothing read from it
         created = False
         refusal: ChildRefusal | None = None
         if spec is not None and spec.suspend:
@@ -184,9 +216,19 @@ class Reconciler:
                 # This run already ended; its Job may be gone (TTL). Only a rerun runs again.
                 self.metrics.index.update(obj)
                 return ReconcileOutcome(phase=(obj.get("status") or {}).get("phase"), job_name=None)
-            blocker = await self._missing_references(namespace, spec)
+            if conflict is not None:
+                blocker = _conflict_blocker(conflict)
             if blocker is None:
-                job, refusal = await self._create_children(obj, spec, rerun.run)
+                policy = policy_problem(spec, self.settings)
+                if policy is not None:
+                    blocker = Blocker(policy.reason, policy.message, terminal=False)
+            if blocker is None:
+                blocker = await self._missing_references(namespace, spec)
+            if blocker is None:
+                try:
+                    job, refusal = await self._create_children(obj, spec, rerun.run)
+                except ChildConflictError as exc:
+                    blocker = _conflict_blocker(str(exc))
             if job is not None:
                 created = True
                 log.info("created the engine's Job", extra={**extra, "job": current_name})
@@ -233,8 +275,12 @@ class Reconciler:
         deleted: list[str] = []
         for other in jobs:
             other_name = other["metadata"]["name"]
-            if other_name == current_name or job_finished(other) is not None:
-                continue
+            if (
+                other_name == current_name
+                or job_finished(other) is not None
+                or not builders.controlled_by(other, uid)
+            ):
+                continue  # the current one, a finished one, or a stranger's (never touched)
             # A Job of an older generation (or one our own suspend must stop).
             if await self.kube.delete("batch/v1", "Job", namespace, other_name):
                 deleted.append(other_name)
@@ -294,15 +340,21 @@ class Reconciler:
                 namespace,
                 {OWNER_UID_LABEL: uid, "kubequant.io/generation": str(generation)},
             )
-            # Only this run's pods: a rerun's generation also labels the earlier runs' pods.
-            job_uid = str((job.get("metadata") or {}).get("uid") or "")
-            pods = [p for p in pods if not job_uid or builders.controlled_by(p, job_uid)]
+            # Only the pods this run's Job controls: a rerun's generation also labels the earlier
+            # runs' pods, and labels prove nothing (anyone may set them).
+            pods = [dict(p) for p in controlled_pods(pods, job)]
             if job_finished(job) is not None and result_for_generation(obj, generation) is None:
                 harvested = harvest_from_pods(pods, generation)
                 if harvested is None and spec is not None:
                     harvested, note = await asyncio.to_thread(
                         read_results_file, spec.output.uri, generation
                     )
+                if harvested is not None and spec is not None:
+                    doubt = await asyncio.to_thread(
+                        verify_output_digest, harvested, spec.output.uri
+                    )
+                    if doubt is not None:
+                        harvested, note = None, f"the result is not believed: {doubt}"
         events: list[dict[str, Any]] = []
         if job is not None and not fresh and awaits_pods(job, pods):
             events = await self._failed_create_events(namespace, job)
@@ -432,6 +484,11 @@ class Reconciler:
                 )
                 if not made:
                     raise  # a 409 for something that does not exist: retry later
+                problem = stranger(made, str((obj.get("metadata") or {}).get("uid")))
+                if problem is not None:
+                    raise ChildConflictError(
+                        f"{problem} has the per-run name but is not controlled by this object"
+                    ) from exc
             if manifest["kind"] == "Job":
                 job = made or manifest
         assert job is not None

@@ -81,6 +81,22 @@ class Settings(KubequantSettings):
     kubeconfig: Annotated[str, Env("KUBECONFIG")] = ""
     """Kubeconfig file (standard KUBECONFIG variable); empty: in-cluster service account."""
 
+    # ------------------------------------------------------------------ policy
+    # What a user who may create a ModelOptimization may ask of the cluster (docs/security.md).
+    allowed_images: tuple[str, ...] = ()
+    """Images spec.image may name besides engine_image (comma list): an entry ending in '/',
+    ':' or '@' is a prefix, any other must equal the image; '*' allows every image. Empty: only
+    engine_image."""
+    allowed_priority_classes: tuple[str, ...] = ("*",)
+    """PriorityClasses spec.resources.priorityClassName may name (comma list); '*': any class
+    except system-node-critical and system-cluster-critical, which must be listed by name.
+    Empty: none."""
+    allow_tolerate_all: bool = False
+    """Allow a toleration with operator Exists and no key (it tolerates every taint)."""
+    allow_control_plane: bool = False
+    """Allow tolerations of the control-plane taints and node selectors or node affinity that
+    pick control-plane nodes (node-role.kubernetes.io/control-plane or master)."""
+
     # ------------------------------------------------------------------ loading
 
     @classmethod
@@ -94,7 +110,13 @@ class Settings(KubequantSettings):
         """Settings from ``env`` (default os.environ), the config file and the defaults."""
         return cls.from_environment(env, config_file)
 
-    @field_validator("namespaces", "image_pull_secrets", mode="before")
+    @field_validator(
+        "namespaces",
+        "image_pull_secrets",
+        "allowed_images",
+        "allowed_priority_classes",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

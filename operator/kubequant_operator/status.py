@@ -33,6 +33,7 @@ from kubequant_operator.children import (
     job_condition,
     job_finished,
     job_name,
+    job_record,
     job_suspended,
     pod_running,
 )
@@ -53,6 +54,7 @@ OPERATOR_FIELDS = (
     "observedGeneration",
     "conditions",
     "jobName",
+    "job",
     "attempts",
     "startTime",
     "completionTime",
@@ -562,6 +564,9 @@ def compute_status(obs: Observation, s: Settings, now: datetime) -> StatusUpdate
         "run": run,
         "conditions": conditions,
         "jobName": state.job_name,
+        # The Job the operator created or adopted (name and uid), kept while none is trusted:
+        # only that Job's pods are ever read (docs/security.md).
+        "job": job_record(obs.job) if obs.job is not None else old.get("job"),
         "attempts": state.attempts,
         "startTime": state.start_time,
         "completionTime": state.completion_time,

@@ -12,6 +12,7 @@ import base64
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 from kubequant_localkube import errors, rbac
 from kubequant_localkube.objects import Obj
@@ -27,7 +28,12 @@ class StateDirs:
         self.root = Path(root)
 
     def pvc(self, claim: str) -> Path:
-        path = self.root / "pvc" / claim
+        # A pod's claimName is only required to be non-empty by the API server: escaped to one
+        # directory name ('/' and '%' quoted, '.' and '..' too) so it never leaves <root>/pvc.
+        name = quote(claim, safe="")
+        if name in (".", ".."):
+            name = name.replace(".", "%2E")
+        path = self.root / "pvc" / name
         path.mkdir(parents=True, exist_ok=True)
         return path
 
