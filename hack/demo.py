@@ -541,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     setup_logging("demo", os.environ.get("KUBEQUANT_LOG_LEVEL", "WARNING"))
     logging.getLogger("kopf").setLevel(logging.WARNING)
+    # "OS signals are ignored: running not in the main thread": expected, the operator runs
+    # in a thread here (this program handles Ctrl-C and SIGTERM).
+    logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)
     state_dir = _fresh_state_dir(args.state_dir or DEFAULT_STATE_DIR, args.state_dir is None)
     print(f"demo state (PVCs, pod logs): {state_dir}")
     try:
