@@ -5,6 +5,7 @@ Installed as ``kubectl-kubequant`` (kubectl runs any ``kubectl-<name>`` on PATH 
 
     kubectl kubequant results NAME [-o table|json|yaml]
     kubectl kubequant candidates NAME [-o table|json|yaml]
+    kubectl kubequant history NAME [-o table|json|yaml]
     kubectl kubequant logs NAME [-f] [--tail N]
     kubectl kubequant plot NAME -o candidates.png
     kubectl kubequant rerun NAME
@@ -30,16 +31,20 @@ import yaml
 
 from kubequant_api.constants import GENERATION_LABEL, GROUP, OWNER_UID_LABEL, PLURAL, SINGULAR
 from kubequant_api.errors import KubequantError
+from kubequant_api.status import RERUN_ANNOTATION
 from kubequant_kubectl.client import DEFAULT_NAMESPACE, ApiError, Client, resolve_access
-from kubequant_kubectl.format import as_result, candidates_table, results_table
+from kubequant_kubectl.format import (
+    as_result,
+    candidates_table,
+    history_table,
+    last_successful_text,
+    results_table,
+)
 from kubequant_operator.builders import CONTAINER_NAME
 
 PROG: Final = "kubectl kubequant"
 DISTRIBUTION: Final = "kubequant"
 OUTPUT_FORMATS: Final = ("table", "json", "yaml")
-# The operator starts one more run of the current generation when this annotation takes a
-# value it has not handled yet (the plugin writes the current UTC time, RFC 3339).
-RERUN_ANNOTATION: Final = f"{GROUP}/rerun"
 # The labels the Job controller puts on a Job's pods (the newer one first).
 JOB_NAME_LABELS: Final = ("batch.kubernetes.io/job-name", "job-name")
 
@@ -86,20 +91,36 @@ def _ref(name: str) -> str:
     return f'{SINGULAR} "{name}"'
 
 
-def result_of(obj: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """``status.result`` as served (raises :class:`PluginError` naming the phase when the
-    engine has measured nothing yet)."""
+def measured_result(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``status.result`` as served, when the engine has measured something for it."""
     result = _status(obj).get("result")
-    measured = isinstance(result, dict) and (
+    if isinstance(result, dict) and (
         result.get("optimizedSizeBytes") is not None
         or result.get("candidates")
         or result.get("plan") is not None
         or result.get("baseline") is not None
-    )
-    if not measured:
+    ):
+        return result
+    return None
+
+
+def result_of(obj: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``status.result`` as served (raises :class:`PluginError` naming the phase when the
+    engine has measured nothing yet)."""
+    result = measured_result(obj)
+    if result is None:
         raise PluginError(f"{_ref(name)} has no results yet ({describe_phase(obj)})")
-    assert isinstance(result, dict)
     return result
+
+
+def _current_run(obj: Mapping[str, Any]) -> str:
+    """``generation 2, run 3`` of the run the status describes (what is known of it)."""
+    status = _status(obj)
+    generation = status.get("observedGeneration") or (obj.get("metadata") or {}).get("generation")
+    text = f"generation {generation}" if generation is not None else "the current run"
+    if generation is not None and status.get("run") is not None:
+        text += f", run {status['run']}"
+    return text
 
 
 def _stale_note(obj: Mapping[str, Any], result: Mapping[str, Any], err: TextIO) -> None:
@@ -124,6 +145,22 @@ def _dump(data: Any, output: str, out: TextIO) -> None:
 
 def cmd_results(client: Client, ns: str, args: argparse.Namespace, out: TextIO) -> None:
     obj = client.get_object(ns, args.name)
+    last = _status(obj).get("lastSuccessful")
+    if measured_result(obj) is None and isinstance(last, dict) and last:
+        # The current run has no figures yet (a new run clears them): show the last
+        # successful run's summary, and say whose it is.
+        note = (
+            f"{_ref(args.name)} has no results yet for its current run "
+            f"({_current_run(obj)}; {describe_phase(obj)}): showing the last successful "
+            f"run's (generation {last.get('generation')}, run {last.get('run') or 1}); "
+            f"see: {PROG} history {args.name}"
+        )
+        if args.output != "table":
+            sys.stderr.write(f"note: {note}\n")
+            _dump(last, args.output, out)
+            return
+        out.write(f"{note}\n\nLAST SUCCESSFUL RUN\n{last_successful_text(last)}\n")
+        return
     result = result_of(obj, args.name)
     _stale_note(obj, result, sys.stderr)
     if args.output != "table":
@@ -151,6 +188,17 @@ def cmd_candidates(client: Client, ns: str, args: argparse.Namespace, out: TextI
         _dump(candidates, args.output, out)
         return
     out.write(candidates_table(result) + "\n")
+
+
+def cmd_history(client: Client, ns: str, args: argparse.Namespace, out: TextIO) -> None:
+    obj = client.get_object(ns, args.name)
+    history = _status(obj).get("history") or []
+    if not history:
+        raise PluginError(f"{_ref(args.name)} has no finished runs yet ({describe_phase(obj)})")
+    if args.output != "table":
+        _dump(history, args.output, out)
+        return
+    out.write(history_table(history) + "\n")
 
 
 def cmd_plot(client: Client, ns: str, args: argparse.Namespace, out: TextIO) -> None:
@@ -242,6 +290,7 @@ def cmd_rerun(client: Client, ns: str, args: argparse.Namespace, out: TextIO) ->
 COMMANDS = {
     "results": cmd_results,
     "candidates": cmd_candidates,
+    "history": cmd_history,
     "plot": cmd_plot,
     "logs": cmd_logs,
     "rerun": cmd_rerun,
@@ -268,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Results, candidates, logs, plots and reruns of ModelOptimizations.",
+        description="Results, candidates, history, logs, plots and reruns of ModelOptimizations.",
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"kubectl-kubequant {version()}")
@@ -285,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     output(command("results", "the measured figures: original against the reloaded artifact"))
     output(command("candidates", "method auto: every candidate tried, the winner marked"))
+    output(command("history", "the last finished runs, newest first (status.history)"))
     logs = command("logs", "the engine's logs of the current run (its newest pod)")
     logs.add_argument("-f", "--follow", action="store_true", help="stream until it ends")
     logs.add_argument("--tail", type=int, default=None, help="only the last N lines")

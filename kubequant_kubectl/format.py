@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from kubequant_api.constants import GateVerdict
-from kubequant_api.status import CandidateResult, Measurements, Result
+from kubequant_api.status import (
+    CandidateResult,
+    HistoryEntry,
+    Measurements,
+    Result,
+    RunSummary,
+)
 
 MISSING = "-"
 WINNER_MARK = "*"
@@ -50,6 +57,56 @@ def human_ms(ms: float | None) -> str:
     if abs(ms) >= 1000:
         return f"{sig3(ms / 1000)} s"
     return f"{sig3(ms)} ms"
+
+
+def human_duration(seconds: float | None) -> str:
+    """A duration as kubectl prints ages (apimachinery's ``HumanDuration``): ``45s``,
+    ``4m12s``, ``25m``, ``3h5m``, ``2d3h``; ``-`` when unknown."""
+    if seconds is None:
+        return MISSING
+    s = int(seconds)
+    if s < -1:
+        return "<invalid>"
+    if s < 0:
+        return "0s"
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = s // 3600
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    days = hours // 24
+    if hours < 24 * 8:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    if hours < 24 * 365 * 2:
+        return f"{days}d"
+    years = days // 365
+    if hours < 24 * 365 * 8:
+        return f"{years}y{days % 365}d" if days % 365 else f"{years}y"
+    return f"{years}y"
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    """Seconds from one RFC 3339 time to another (``None`` when either is missing)."""
+    begin, finish = _parse_time(start), _parse_time(end)
+    if begin is None or finish is None:
+        return None
+    return (finish - begin).total_seconds()
 
 
 def as_result(result: Result | dict[str, Any]) -> Result:
@@ -229,3 +286,83 @@ def results_table(result: Result | dict[str, Any]) -> str:
     rows = [r for r in rows if any(cell != MISSING for cell in r[1:])]
     table = render_table(["MEASURE", "ORIGINAL", "OPTIMIZED", "CHANGE"], rows)
     return "\n".join(lines) + "\n\n" + table
+
+
+# status.history's qualityMetric -> (short name, format) in the QUALITY column.
+_QUALITY_NAMES: dict[str, tuple[str, str]] = {
+    "cosineSimilarity": ("cosine", "plain"),
+    "top1Agreement": ("top-1", "plain"),
+    "perplexityIncreasePercent": ("ppl", "percent"),
+}
+
+
+def quality_text(metric: str | None, value: float | None) -> str:
+    """A run's primary quality figure: ``cosine=0.998``, ``top-1=0.961``, ``ppl=+4.25%``."""
+    if metric is None or value is None:
+        return MISSING
+    short, kind = _QUALITY_NAMES.get(metric, (metric, "plain"))
+    return f"{short}={_percent(value) if kind == 'percent' else sig3(value)}"
+
+
+def _known(model: type[HistoryEntry | RunSummary], data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``data`` this version's model knows (a newer operator may add some)."""
+    names = {n for n, _ in model.model_fields.items()}
+    names |= {f.alias for f in model.model_fields.values() if f.alias}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _entry(entry: HistoryEntry | Mapping[str, Any]) -> HistoryEntry:
+    if isinstance(entry, HistoryEntry):
+        return entry
+    return HistoryEntry.model_validate(_known(HistoryEntry, entry))
+
+
+def history_table(history: Sequence[HistoryEntry | Mapping[str, Any]]) -> str:
+    """``status.history``, one row per finished run in the order given (newest first): the
+    run, its outcome and reason, method, compression ratio, primary quality figure, gate,
+    start time, duration and Job."""
+    headers = [
+        "GEN", "RUN", "OUTCOME", "REASON", "METHOD", "RATIO", "QUALITY", "GATE", "STARTED",
+        "DURATION", "JOB",
+    ]  # fmt: skip
+    rows: list[list[str]] = []
+    for item in history:
+        e = _entry(item)
+        rows.append(
+            [
+                str(e.generation),
+                str(e.run),
+                e.outcome,
+                e.reason or MISSING,
+                e.method or MISSING,
+                _ratio(e.compression_ratio),
+                quality_text(e.quality_metric, e.quality_value),
+                str(e.quality_gate) if e.quality_gate is not None else MISSING,
+                e.start_time or MISSING,
+                human_duration(seconds_between(e.start_time, e.completion_time)),
+                e.job_name or MISSING,
+            ]
+        )
+    return render_table(headers, rows)
+
+
+def last_successful_text(summary: RunSummary | Mapping[str, Any]) -> str:
+    """``status.lastSuccessful`` as ``KEY:  value`` lines, like the head of the results."""
+    s = (
+        summary
+        if isinstance(summary, RunSummary)
+        else RunSummary.model_validate(_known(RunSummary, summary))
+    )
+    header = [
+        ("GENERATION", str(s.generation)),
+        ("RUN", str(s.run)),
+        ("JOB", s.job_name or MISSING),
+        ("METHOD", s.method or MISSING),
+        ("RATIO", _ratio(s.compression_ratio)),
+        ("QUALITY GATE", str(s.quality_gate) if s.quality_gate is not None else MISSING),
+        ("COMPLETED", s.completion_time or MISSING),
+        ("OUTPUT", s.output_uri or MISSING),
+        ("DIGEST", s.output_digest or MISSING),
+    ]
+    width = max(len(k) for k, _ in header)
+    return "\n".join(f"{k + ':':<{width + 1}}  {v}" for k, v in header)

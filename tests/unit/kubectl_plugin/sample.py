@@ -4,7 +4,13 @@ quality measure is the cosine similarity), built with the models the engine fill
 from __future__ import annotations
 
 from kubequant_api.constants import GateVerdict
-from kubequant_api.status import CandidateResult, Measurements, Result
+from kubequant_api.status import (
+    CandidateResult,
+    HistoryEntry,
+    Measurements,
+    Result,
+    RunSummary,
+)
 
 ORIGINAL = 90_864_192  # MiniLM's fp32 weights
 
@@ -84,4 +90,64 @@ def causal_result() -> Result:
         top1_agreement=0.9612,
         quality_gate=GateVerdict.PASSED,
         output_uri="s3://models/qwen-gptq",
+    )
+
+
+def history() -> list[HistoryEntry]:
+    """``status.history`` of an object that succeeded, was rerun and failed its gate, then
+    got a new spec that failed before measuring anything (newest first)."""
+    return [
+        HistoryEntry(
+            generation=2,
+            run=1,
+            job_name="minilm-auto-g2-1a2b",
+            method="auto",
+            outcome="Failed",
+            reason="InvalidSpec",
+            start_time="2026-11-25T12:00:00Z",
+            completion_time="2026-11-25T12:00:41Z",
+        ),
+        HistoryEntry(
+            generation=1,
+            run=2,
+            job_name="minilm-auto-g1r2-3c4d",
+            method="onnx-int8",
+            outcome="Failed",
+            reason="QualityGateFailed",
+            compression_ratio=3.9418,
+            quality_metric="cosineSimilarity",
+            quality_value=0.97412,
+            quality_gate=GateVerdict.FAILED,
+            start_time="2026-11-25T11:00:00Z",
+            completion_time="2026-11-25T11:04:12Z",
+        ),
+        HistoryEntry(
+            generation=1,
+            run=1,
+            job_name="minilm-auto-g1-5e6f",
+            method="quanto-int8",
+            outcome="Succeeded",
+            reason="Succeeded",
+            compression_ratio=3.7999,
+            quality_metric="cosineSimilarity",
+            quality_value=0.99812,
+            quality_gate=GateVerdict.PASSED,
+            start_time="2026-11-25T09:00:00Z",
+            completion_time="2026-11-25T09:03:05Z",
+        ),
+    ]
+
+
+def last_successful() -> RunSummary:
+    """``status.lastSuccessful`` matching the oldest entry of :func:`history`."""
+    return RunSummary(
+        generation=1,
+        run=1,
+        job_name="minilm-auto-g1-5e6f",
+        method="quanto-int8",
+        compression_ratio=3.7999,
+        quality_gate=GateVerdict.PASSED,
+        completion_time="2026-11-25T09:03:05Z",
+        output_uri="s3://models/minilm-auto",
+        output_digest="sha256:" + "ab" * 32,
     )

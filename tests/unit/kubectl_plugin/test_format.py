@@ -7,13 +7,18 @@ import pytest
 from kubequant_api.constants import GateVerdict
 from kubequant_kubectl.format import (
     candidates_table,
+    history_table,
     human_bytes,
+    human_duration,
     human_ms,
+    last_successful_text,
+    quality_text,
     results_table,
+    seconds_between,
     sig3,
     winner_index,
 )
-from tests.unit.kubectl_plugin.sample import auto_result, causal_result
+from tests.unit.kubectl_plugin.sample import auto_result, causal_result, history, last_successful
 
 
 @pytest.mark.parametrize(
@@ -118,3 +123,130 @@ def test_results_table_causal_lm() -> None:
     assert rows["latency"].split()[1:] == ["413", "ms", "1.53", "s", "speedup", "0.270x"]
     assert "PARAMS:" in text and "bits=4,groupSize=128" in text
     assert "cosine similarity" not in rows
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "-"),
+        (-5, "<invalid>"),
+        (-0.5, "0s"),
+        (41, "41s"),
+        (119, "119s"),
+        (120, "2m"),
+        (252, "4m12s"),
+        (600, "10m"),
+        (10_799, "179m"),
+        (10_800, "3h"),
+        (11_100, "3h5m"),
+        (28_800, "8h"),
+        (172_799, "47h"),
+        (180_000, "2d2h"),
+        (700_000, "8d"),
+        (2 * 365 * 86_400 + 3 * 86_400, "2y3d"),
+        (9 * 365 * 86_400, "9y"),
+    ],
+)
+def test_human_duration_as_kubectl_prints_ages(seconds: float | None, text: str) -> None:
+    # apimachinery's duration.HumanDuration, which kubectl uses for AGE.
+    assert human_duration(seconds) == text
+
+
+def test_seconds_between_rfc3339_times() -> None:
+    assert seconds_between("2026-11-25T11:00:00Z", "2026-11-25T11:04:12Z") == 252
+    assert seconds_between("2026-11-25T11:00:00Z", None) is None
+    assert seconds_between("yesterday", "2026-11-25T11:04:12Z") is None
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "text"),
+    [
+        ("cosineSimilarity", 0.99812, "cosine=0.998"),
+        ("top1Agreement", 0.96123, "top-1=0.961"),
+        ("perplexityIncreasePercent", 4.2512, "ppl=+4.25%"),
+        ("perplexityIncreasePercent", -0.5, "ppl=-0.500%"),
+        ("somethingNew", 1.5, "somethingNew=1.50"),
+        (None, None, "-"),
+        ("cosineSimilarity", None, "-"),
+    ],
+)
+def test_quality_text(metric: str | None, value: float | None, text: str) -> None:
+    assert quality_text(metric, value) == text
+
+
+def test_history_table_newest_first_in_human_units() -> None:
+    entries = history()
+    table = history_table(entries)
+    header, *lines = table.splitlines()
+    assert header.split() == [
+        "GEN", "RUN", "OUTCOME", "REASON", "METHOD", "RATIO", "QUALITY", "GATE", "STARTED",
+        "DURATION", "JOB",
+    ]  # fmt: skip
+    assert [line.split() for line in lines] == [
+        [
+            "2", "1", "Failed", "InvalidSpec", "auto", "-", "-", "-", "2026-11-25T12:00:00Z",
+            "41s", "minilm-auto-g2-1a2b",
+        ],
+        [
+            "1", "2", "Failed", "QualityGateFailed", "onnx-int8", "3.94x", "cosine=0.974",
+            "Failed", "2026-11-25T11:00:00Z", "4m12s", "minilm-auto-g1r2-3c4d",
+        ],
+        [
+            "1", "1", "Succeeded", "Succeeded", "quanto-int8", "3.80x", "cosine=0.998",
+            "Passed", "2026-11-25T09:00:00Z", "3m5s", "minilm-auto-g1-5e6f",
+        ],
+    ]  # fmt: skip
+    # Columns line up: every row starts its cells where the header's do.
+    starts = [header.index(h) for h in ("OUTCOME", "METHOD", "QUALITY", "JOB")]
+    for line, row in zip(lines, (entries[0], entries[1], entries[2]), strict=True):
+        assert line[starts[0] :].startswith(row.outcome)
+        assert line[starts[3] :] == row.job_name
+    # The list the API serves gives the same table; a field a newer operator adds is ignored.
+    served = [e.to_api() for e in entries]
+    assert history_table(served) == table
+    served[0]["somethingNew"] = "x"
+    assert history_table(served) == table
+
+
+def test_history_table_of_a_causal_lm_run_without_times() -> None:
+    entry = {
+        "generation": 3,
+        "run": 1,
+        "outcome": "Succeeded",
+        "method": "gptq",
+        "compressionRatio": 2.1613,
+        "qualityMetric": "perplexityIncreasePercent",
+        "qualityValue": 4.25,
+        "qualityGate": "Passed",
+    }
+    row = history_table([entry]).splitlines()[1].split()
+    assert row == [
+        "3",
+        "1",
+        "Succeeded",
+        "-",
+        "gptq",
+        "2.16x",
+        "ppl=+4.25%",
+        "Passed",
+        "-",
+        "-",
+        "-",
+    ]
+
+
+def test_last_successful_text() -> None:
+    text = last_successful_text(last_successful().to_api())
+    lines = dict(line.split(":  ", 1) for line in text.splitlines())
+    assert {k: v.strip() for k, v in lines.items()} == {
+        "GENERATION": "1",
+        "RUN": "1",
+        "JOB": "minilm-auto-g1-5e6f",
+        "METHOD": "quanto-int8",
+        "RATIO": "3.80x",
+        "QUALITY GATE": "Passed",
+        "COMPLETED": "2026-11-25T09:03:05Z",
+        "OUTPUT": "s3://models/minilm-auto",
+        "DIGEST": "sha256:" + "ab" * 32,
+    }
+    assert last_successful_text(last_successful()) == text

@@ -22,7 +22,7 @@ from kubequant_localkube.outcomes import Outcome
 from kubequant_operator.builders import build_job, build_service_account
 from tests.fixtures.cluster import KUBECTL, Kubectl, make_kubectl
 from tests.fixtures.operator import operator_test_settings
-from tests.unit.kubectl_plugin.sample import auto_result, causal_result
+from tests.unit.kubectl_plugin.sample import auto_result, causal_result, history, last_successful
 from tests.unit.kubectl_plugin.test_plot import png_size
 
 VENV_BIN = Path(sys.executable).parent
@@ -220,6 +220,88 @@ def test_rerun_sets_the_annotation(kubectl: Kubectl, plugin: Plugin) -> None:
     assert obj["metadata"]["annotations"]["kubequant.io/rerun"] > value  # a new request
 
 
+def test_history_newest_first(kubectl: Kubectl, plugin: Plugin) -> None:
+    runs = [e.to_api() for e in history()]
+    status = {
+        "phase": "Failed",
+        "observedGeneration": 2,
+        "run": 1,
+        "jobName": "minilm-auto-g2-1a2b",
+        "lastSuccessful": last_successful().to_api(),
+        "history": runs,
+    }
+    obj = create(kubectl, "historied", AUTO_SPEC, status)
+    assert obj["status"]["history"] == runs  # the schema kept every field
+    header, *lines = ok(plugin("history", "historied")).splitlines()
+    assert header.split() == [
+        "GEN", "RUN", "OUTCOME", "REASON", "METHOD", "RATIO", "QUALITY", "GATE", "STARTED",
+        "DURATION", "JOB",
+    ]  # fmt: skip
+    assert [line.split()[:3] for line in lines] == [
+        ["2", "1", "Failed"], ["1", "2", "Failed"], ["1", "1", "Succeeded"],
+    ]  # fmt: skip
+    assert lines[1].split()[4:8] == ["onnx-int8", "3.94x", "cosine=0.974", "Failed"]
+    assert lines[2].split()[-3:] == ["2026-11-25T09:00:00Z", "3m5s", "minilm-auto-g1-5e6f"]
+    assert json.loads(ok(plugin("history", "historied", "-o", "json"))) == runs
+    assert yaml.safe_load(ok(plugin("history", "historied", "-o", "yaml"))) == runs
+    # No finished run yet: the error names the phase, in every output format.
+    create(kubectl, "unrun", AUTO_SPEC, {"phase": "Running", "observedGeneration": 1})
+    for output in ("table", "json"):
+        proc = plugin("history", "unrun", "-o", output)
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr == (
+            'error: modeloptimization "unrun" has no finished runs yet (phase: Running)\n'
+        )
+    proc = plugin("history", "nope")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        'Error from server (NotFound): modeloptimizations.kubequant.io "nope" not found'
+    )
+
+
+def test_results_falls_back_to_the_last_successful_run(kubectl: Kubectl, plugin: Plugin) -> None:
+    """A rerun cleared status.result: results shows status.lastSuccessful and says so."""
+    summary = last_successful().to_api()
+    status = {
+        "phase": "Running",
+        "observedGeneration": 1,
+        "run": 2,
+        "jobName": "minilm-auto-g1r2-3c4d",
+        "lastSuccessful": summary,
+    }
+    create(kubectl, "rerunning", AUTO_SPEC, status)
+    proc = plugin("results", "rerunning")
+    text = ok(proc)
+    note, block = text.split("\n\n", 1)
+    assert note == (
+        'modeloptimization "rerunning" has no results yet for its current run (generation 1, '
+        "run 2; phase: Running): showing the last successful run's (generation 1, run 1); "
+        "see: kubectl kubequant history rerunning"
+    )
+    head, *fields = block.splitlines()
+    assert head == "LAST SUCCESSFUL RUN"
+    values = {k: v.strip() for k, v in (line.split(":  ", 1) for line in fields)}
+    assert values["METHOD"] == "quanto-int8" and values["RATIO"] == "3.80x"
+    assert values["JOB"] == "minilm-auto-g1-5e6f" and values["RUN"] == "1"
+    assert values["OUTPUT"] == "s3://models/minilm-auto"
+    # -o json/yaml: status.lastSuccessful as served; the note goes to stderr.
+    proc = plugin("results", "rerunning", "-o", "json")
+    assert json.loads(ok(proc)) == summary
+    assert proc.stderr.startswith('note: modeloptimization "rerunning" has no results yet')
+    assert yaml.safe_load(ok(plugin("results", "rerunning", "-o", "yaml"))) == summary
+    # candidates still needs the current run's result.
+    proc = plugin("candidates", "rerunning")
+    assert proc.returncode == 1 and "has no results yet (phase: Running)" in proc.stderr
+    # Once the current run has a result, results shows it, not the last successful run.
+    kubectl(
+        "patch", "mopt", "rerunning", "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"result": auto_result().to_api()}}), check=True,
+    )  # fmt: skip
+    proc = plugin("results", "rerunning")
+    assert ok(proc).startswith("METHOD:        quanto-int8")
+    assert "LAST SUCCESSFUL" not in proc.stdout and proc.stderr == ""
+
+
 def test_logs_of_the_current_runs_newest_pod(
     cluster: LocalCluster, kubectl: Kubectl, plugin: Plugin
 ) -> None:
@@ -281,7 +363,7 @@ def test_namespace_and_context_flags(
 def test_version_and_completion(plugin: Plugin) -> None:
     assert ok(plugin("--version")).startswith("kubectl-kubequant 0.1.0")
     script = ok(plugin("--print-completion", "bash"))
-    assert "candidates" in script and "rerun" in script
+    assert "candidates" in script and "rerun" in script and "history" in script
     usage = ok(plugin("--help"))
-    for command in ("results", "candidates", "logs", "plot", "rerun"):
+    for command in ("results", "candidates", "history", "logs", "plot", "rerun"):
         assert command in usage
