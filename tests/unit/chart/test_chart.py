@@ -25,6 +25,7 @@ from tests.unit.chart.render import (
     one,
     render,
     render_set,
+    template_args,
 )
 
 # kubernetes-validate bundles schemas up to this version; the chart supports 1.29 and later.
@@ -53,6 +54,8 @@ OPERATOR_ENV = {
     "KUBEQUANT_ALLOW_TOLERATE_ALL",
     "KUBEQUANT_ALLOW_CONTROL_PLANE",
 }
+# Set only with engine.pushgatewayUrl (the operator sweeps the Pushgateway only then).
+PUSHGATEWAY_ENV = {"KUBEQUANT_ENGINE_PUSHGATEWAY_RETENTION_SECONDS"}
 
 
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
@@ -174,6 +177,38 @@ def test_operator_env_names_are_the_settings_the_operator_reads() -> None:
     assert loaded.clusterwide
 
 
+def test_pushgateway_retention_reaches_the_operator_only_with_a_pushgateway() -> None:
+    settings = pytest.importorskip("kubequant_operator.settings")
+    read = set(settings.Settings().env_names().values())
+    assert read >= PUSHGATEWAY_ENV
+    files = ("ci/namespaced-values.yaml",)
+    for value, expected in (("90", 90.0), ("0", 0.0), ("86400", 86400.0)):
+        docs = render(files, (f"engine.pushgatewayRetentionSeconds={value}",))
+        env = env_of(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+        assert {k for k in env if k.startswith("KUBEQUANT_")} == OPERATOR_ENV | PUSHGATEWAY_ENV
+        assert env["KUBEQUANT_ENGINE_PUSHGATEWAY_RETENTION_SECONDS"] == value
+        loaded = settings.Settings.load(env=env)
+        assert loaded.engine_pushgateway_retention_seconds == expected
+        assert loaded.engine_pushgateway_url == "http://pushgateway.monitoring:9091"
+    # Without a Pushgateway the value is not passed, whatever it is.
+    docs = render((), ("engine.pushgatewayRetentionSeconds=90",))
+    env = env_of(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    assert "KUBEQUANT_ENGINE_PUSHGATEWAY_RETENTION_SECONDS" not in env
+    assert env["KUBEQUANT_ENGINE_PUSHGATEWAY_URL"] == ""
+    # The schema refuses what the operator would refuse at startup.
+    for bad, message in (
+        ("-1", "at '/engine/pushgatewayRetentionSeconds': minimum: got -1, want 0"),
+        ('"10m"', "at '/engine/pushgatewayRetentionSeconds': got string, want integer"),
+    ):
+        proc = helm(
+            *template_args(files, ()),
+            "--set-json",
+            f"engine.pushgatewayRetentionSeconds={bad}",
+            check=False,
+        )
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
 def test_non_default_values_reach_the_operator_env() -> None:
     docs = render_set("namespaced")
     dep = one(docs, "Deployment")
@@ -188,6 +223,7 @@ def test_non_default_values_reach_the_operator_env() -> None:
     assert env["KUBEQUANT_PENDING_DEADLINE_SECONDS"] == "300"
     assert env["KUBEQUANT_DEFAULT_MEMORY"] == "16Gi"
     assert env["KUBEQUANT_ENGINE_PUSHGATEWAY_URL"] == "http://pushgateway.monitoring:9091"
+    assert env["KUBEQUANT_ENGINE_PUSHGATEWAY_RETENTION_SECONDS"] == "600"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["containers"][0]["image"] == "registry.example.com/kubequant/operator:0.1.0-rc1"
     minimal = one(render_set("minimal"), "Deployment")["spec"]["template"]["spec"]
