@@ -11,6 +11,12 @@ ignores every packed weight and initialises those layers at random, and a
 (docs/findings.md). So config.json gets a ``quantization_config`` that names quanto, its map
 and its loader but no ``quant_method``: transformers then refuses the folder with an error
 instead of loading garbage, and quanto's class (which only reads the config) loads it.
+
+qint4 models run quanto's native ``unpack`` kernel (a C++ extension on CPU) in every forward
+pass. It is built before any run (``python -m optimizer_job.prebuild``, the image build and
+``make install``): a qint4 quantize or load first loads it with
+:func:`optimizer_job.native_extensions.ensure_for_device`, which fails at once with a named error
+when it is missing or a stale build lock is left, instead of compiling or waiting forever.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 from kubequant_api.constants import Task
-from optimizer_job import loading
+from optimizer_job import loading, native_extensions
 from optimizer_job.methods._common import (
     device_map,
     finish_artifact,
@@ -84,10 +90,18 @@ class _Quanto(QuantizationMethod):
     load_requires = ("accelerate",)
     weights: ClassVar[str]
     grad_mode: ClassVar[str] = "inference"
+    # qint4 (packed) weights are unpacked by quanto's native kernel in each forward pass.
+    native_kernels: ClassVar[bool] = False
+
+    def _native_kernels(self, device: str) -> None:
+        """Load the prebuilt extensions (fails fast, never compiles); before any model work."""
+        if self.native_kernels:
+            native_extensions.ensure_for_device(device)
 
     def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
         import torch
 
+        self._native_kernels(device_map(request))
         request.progress(5)
         with library_errors(self.name, "loading the model"):
             model = loading.auto_class(task).from_pretrained(
@@ -116,6 +130,7 @@ class _Quanto(QuantizationMethod):
         )
 
     def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:
+        self._native_kernels(device)
         with library_errors(self.name, "loading the artifact"):
             wrapped = _wrapper_class(info.task).from_pretrained(str(artifact_dir))
             model = wrapped._wrapped.to("cuda:0" if device.startswith("cuda") else "cpu")
@@ -133,3 +148,4 @@ class QuantoInt4(_Quanto):
     name = "quanto-int4"
     weights = "qint4"
     grad_mode = "no_grad"
+    native_kernels = True
