@@ -132,6 +132,12 @@ class Evaluation(ApiModel):
         None, description="Evaluation text; default: a held-out slice of the calibration data."
     )
     samples: int = Field(64, ge=1, le=4096, description="Number of evaluation samples.")
+    max_tokens: int = Field(
+        65536,
+        ge=16,
+        le=16_777_216,
+        description="Token budget of the evaluation (over all samples; later ones are cut).",
+    )
     quality_gate: QualityGate | None = Field(
         None, description="Bounds that must all hold; else Failed (or the next candidate)."
     )

@@ -142,6 +142,9 @@ class Result(ApiModel):
         None, description="originalSizeBytes / optimizedSizeBytes."
     )
     baseline: Measurements | None = Field(None, description="The original model, measured.")
+    baseline_dtype: str | None = Field(
+        None, description="The dtype the original was loaded and measured in (as stored)."
+    )
     optimized: Measurements | None = Field(
         None, description="The artifact as written and reloaded, measured the same way."
     )

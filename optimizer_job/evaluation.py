@@ -33,6 +33,7 @@ GATE_FIELD = "spec.evaluation.qualityGate"
 WARMUP_RUNS = 2
 # Bound on the logits buffer of one evaluation batch (causal LMs with large vocabularies).
 LOGITS_BUDGET_BYTES = 256 * 1024 * 1024
+MAX_BATCH = 32
 
 _GATE_TASKS: dict[str, tuple[Task, ...]] = {
     "maxPerplexityIncreasePercent": (Task.CAUSAL_LM,),
@@ -66,17 +67,46 @@ class Inputs:
     tokens: int  # real (unpadded) tokens over all batches
 
 
+def logits_budget(device: str) -> int:
+    """Bytes one evaluation batch's outputs may take: LOGITS_BUDGET_BYTES on the host, a
+    tenth of the free memory of the first GPU (at least that, at most 4 GiB) on CUDA."""
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            free, _total = torch.cuda.mem_get_info(0)
+            return int(min(4 * 1024**3, max(LOGITS_BUDGET_BYTES, free // 10)))
+        except (ImportError, RuntimeError):
+            return LOGITS_BUDGET_BYTES
+    return LOGITS_BUDGET_BYTES
+
+
 def encode(
-    tokenizer: Any, texts: Sequence[str], max_length: int, vocab_size: int | None, task: Task
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    vocab_size: int | None,
+    task: Task,
+    *,
+    max_tokens: int | None = None,
+    budget_bytes: int = LOGITS_BUDGET_BYTES,
 ) -> Inputs:
+    """Tokenize the evaluation texts into batches: as many rows per batch as keep a causal
+    LM's logits (fp32 over the vocabulary) within ``budget_bytes`` (at most MAX_BATCH), and
+    no more than ``max_tokens`` real tokens over all batches (later texts are cut)."""
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < 1_000_000:
         max_length = min(max_length, limit)
-    batch_size = 8
+    # Up to 8 rows within the host's default budget, up to MAX_BATCH with a GPU's larger one.
+    cap = 8 if budget_bytes <= LOGITS_BUDGET_BYTES else MAX_BATCH
+    batch_size = cap
     if task == Task.CAUSAL_LM and vocab_size:
-        batch_size = max(1, min(8, LOGITS_BUDGET_BYTES // (max_length * vocab_size * 4)))
+        batch_size = max(1, min(cap, budget_bytes // (max_length * vocab_size * 4)))
     batches = []
+    left = max_tokens if max_tokens is not None else None
     for start in range(0, len(texts), batch_size):
+        if left is not None and left <= 0:
+            break
         enc = tokenizer(
             list(texts[start : start + batch_size]),
             padding=True,
@@ -84,13 +114,28 @@ def encode(
             max_length=max_length,
             return_tensors="np",
         )
-        batches.append(
-            (np.asarray(enc["input_ids"], np.int64), np.asarray(enc["attention_mask"], np.int64))
-        )
+        ids = np.asarray(enc["input_ids"], np.int64)
+        mask = np.asarray(enc["attention_mask"], np.int64)
+        if left is not None:
+            ids, mask = _within(ids, mask, left)
+            left -= int(mask.sum())
+        batches.append((ids, mask))
     ids, mask = batches[0]
     length = int(mask[0].sum())
     bench = (ids[:1, :length].copy(), mask[:1, :length].copy())
     return Inputs(batches, bench, int(sum(int(m.sum()) for _, m in batches)))
+
+
+def _within(ids: np.ndarray, mask: np.ndarray, tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a batch whose real tokens fit in ``tokens`` (the first row cut to it when
+    not even that one fits)."""
+    running = np.cumsum(mask.sum(axis=1))
+    rows = int((running <= tokens).sum())
+    if rows:
+        return ids[:rows], mask[:rows]
+    mask = mask[:1].copy()
+    mask[0, np.cumsum(mask[0]) > tokens] = 0
+    return ids[:1], mask
 
 
 # --------------------------------------------------------------------------- memory
@@ -188,28 +233,62 @@ class Outputs:
         return value if math.isfinite(value) else None
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    m = x.max(axis=-1, keepdims=True)
-    shifted = x - m
-    out: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return out
+def output_on_device(model: InferenceModel, ids: np.ndarray, mask: np.ndarray) -> Any:
+    """The model's output as a torch tensor where it was computed: a torch model's own
+    (``forward_tensor``: on its device, in its dtype), else the host array ``forward`` gives
+    (ONNX Runtime) wrapped without a copy."""
+    import torch
+
+    forward_tensor = getattr(model, "forward_tensor", None)
+    if callable(forward_tensor):
+        return forward_tensor(ids, mask)
+    return torch.from_numpy(np.asarray(model.forward(ids, mask), dtype=np.float32))
 
 
-def _collect(out: Outputs, raw: Any, ids: np.ndarray, mask: np.ndarray) -> None:
-    arr = np.asarray(raw, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        out.finite = False
-    if out.task == Task.FEATURE_EXTRACTION:
-        m = mask[..., None].astype(np.float32)
-        out.embeddings.append((arr * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0))
-        return
-    out.top1.append(arr.argmax(axis=-1))
-    if out.task == Task.CAUSAL_LM and arr.shape[1] > 1:
-        logp = _log_softmax(arr[:, :-1, :])
-        targets = ids[:, 1:]
-        valid = mask[:, 1:].astype(bool)
-        picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-        out.nll += float(-picked[valid].sum())
+def _chunk_rows(batch: int, vocab: int, budget_bytes: int) -> int:
+    """Sequence positions per log-softmax chunk: its fp32 buffers (the upcast logits and
+    their log-softmax) stay within ``budget_bytes`` whatever the vocabulary."""
+    return max(1, budget_bytes // max(1, batch * vocab * 4 * 2))
+
+
+def _collect(
+    out: Outputs,
+    raw: Any,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    budget_bytes: int = LOGITS_BUDGET_BYTES,
+) -> None:
+    """Reduce one batch's output where it was computed: per-token top-1 ids, the target
+    tokens' log-probabilities (log-softmax in fp32, ``torch.gather`` of the targets) and
+    mean-pooled embeddings go to the host; full-vocabulary logits never do."""
+    import torch
+
+    if isinstance(raw, np.ndarray):
+        raw = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+    with torch.no_grad():
+        if not bool(torch.isfinite(raw).all()):
+            out.finite = False
+        device = raw.device
+        mask_t = torch.as_tensor(mask, device=device)
+        if out.task == Task.FEATURE_EXTRACTION:
+            m = mask_t[..., None].to(torch.float32)
+            pooled = (raw.to(torch.float32) * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+            out.embeddings.append(pooled.cpu().numpy())
+            return
+        out.top1.append(raw.argmax(dim=-1).cpu().numpy())
+        if out.task != Task.CAUSAL_LM or raw.shape[1] < 2:
+            return
+        targets = torch.as_tensor(ids, device=device)[:, 1:]
+        valid = mask_t[:, 1:].to(torch.bool)
+        seq = raw.shape[1] - 1
+        step = _chunk_rows(raw.shape[0], raw.shape[-1], budget_bytes)
+        nll = torch.zeros((), dtype=torch.float64, device=device)
+        for start in range(0, seq, step):
+            stop = min(seq, start + step)
+            logp = torch.log_softmax(raw[:, start:stop, :].to(torch.float32), dim=-1)
+            picked = torch.gather(logp, -1, targets[:, start:stop, None])[..., 0]
+            nll -= picked[valid[:, start:stop]].to(torch.float64).sum()
+        out.nll += float(nll)
         out.count += int(valid.sum())
 
 
@@ -232,7 +311,7 @@ def run_model(
         model = load()
         try:
             for ids, mask in inputs.batches:
-                _collect(outputs, model.forward(ids, mask), ids, mask)
+                _collect(outputs, output_on_device(model, ids, mask), ids, mask)
             ids, mask = inputs.bench
             for _ in range(WARMUP_RUNS):
                 model.forward(ids, mask)

@@ -9,12 +9,16 @@ looks methods up to load artifacts), so the two never import each other.
 from __future__ import annotations
 
 import gc
+import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from kubequant_api.constants import MODEL_FIELD, TASK_FIELD, Task
 from kubequant_api.errors import InvalidSpecError
 from optimizer_job.errors import IncompatibleError
+
+log = logging.getLogger(__name__)
 
 # Files that make a model directory's tokenizer; methods copy these into every artifact.
 TOKENIZER_FILES = (
@@ -32,6 +36,122 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
+
+
+# dtype names config.json uses (``dtype``, formerly ``torch_dtype``) and the safetensors header
+# names of the floating-point dtypes a checkpoint may be stored in.
+FLOAT_DTYPES: Final = ("float32", "bfloat16", "float16")
+_SAFETENSORS_FLOATS: Final = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+_CONFIG_DTYPES: Final = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}  # fmt: skip
+# Host memory kept free for the runtime (Python, libraries, activations) when a model is
+# spread over devices and the CPU takes what the GPUs cannot hold.
+CPU_RESERVE_BYTES: Final = 2 * 1024**3
+GPU_RESERVE_FRACTION: Final = 0.1
+
+
+def safetensors_dtypes(model_dir: Path) -> dict[str, int]:
+    """Bytes per floating-point dtype over the safetensors shards' headers (read only)."""
+    counts: dict[str, int] = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with path.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size < 100_000_000:
+                    continue
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError):
+            continue
+        add_header_dtypes(header, counts)
+    return counts
+
+
+def add_header_dtypes(header: dict[str, Any], counts: dict[str, int]) -> None:
+    """Add one safetensors header's floating-point tensors to ``counts`` (dtype -> bytes)."""
+    for name, entry in header.items():
+        if name == "__metadata__" or not isinstance(entry, dict):
+            continue
+        dtype = _SAFETENSORS_FLOATS.get(str(entry.get("dtype")))
+        offsets = entry.get("data_offsets") or [0, 0]
+        if dtype is not None and len(offsets) == 2:
+            counts[dtype] = counts.get(dtype, 0) + int(offsets[1]) - int(offsets[0])
+
+
+def dtype_from(config: dict[str, Any], header_dtypes: dict[str, int]) -> str:
+    """The checkpoint's dtype: the one holding most bytes in the safetensors headers, else
+    config.json's ``dtype`` / ``torch_dtype``, else float32 (a ``.bin`` checkpoint without
+    either is loaded as transformers always did)."""
+    if header_dtypes:
+        return max(header_dtypes.items(), key=lambda kv: kv[1])[0]
+    for key in ("dtype", "torch_dtype"):
+        value = config.get(key)
+        if isinstance(value, str) and value.lower() in _CONFIG_DTYPES:
+            return _CONFIG_DTYPES[value.lower()]
+    text_config = config.get("text_config")
+    if isinstance(text_config, dict):
+        return dtype_from(text_config, {})
+    return "float32"
+
+
+def checkpoint_dtype(model_dir: Path) -> str:
+    """``float32``, ``bfloat16`` or ``float16``: what the weights in ``model_dir`` are stored
+    in, so a model is loaded as stored and never upcast as a whole."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    return dtype_from(config if isinstance(config, dict) else {}, safetensors_dtypes(model_dir))
+
+
+def torch_dtype_of(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover - torch is always there in the engine
+        return 0
+
+
+def max_memory(reserve_fraction: float = GPU_RESERVE_FRACTION) -> dict[int | str, int]:
+    """What accelerate may place on each visible GPU (free memory less a reserve for
+    activations) and on the host (available memory less CPU_RESERVE_BYTES)."""
+    import psutil
+
+    budget: dict[int | str, int] = {}
+    if gpu_count():
+        import torch
+
+        for index in range(gpu_count()):
+            free, _total = torch.cuda.mem_get_info(index)
+            budget[index] = int(free * (1 - reserve_fraction))
+    budget["cpu"] = max(0, int(psutil.virtual_memory().available) - CPU_RESERVE_BYTES)
+    return budget
+
+
+def placement(device: str) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments placing a model on ``device``: on CUDA every
+    visible GPU (``device_map="auto"`` with a per-device budget; layers that do not fit go to
+    the host), on CPU nothing (transformers loads on the host)."""
+    if device.startswith("cuda") and gpu_count():
+        return {"device_map": "auto", "max_memory": max_memory()}
+    return {}
+
+
+def input_device(module: Any, device: str) -> Any:
+    """Where a (possibly dispatched) model wants its input ids: its input embeddings'."""
+    try:
+        return module.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return device
 
 
 def auto_class(task: Task | str) -> Any:
@@ -78,18 +198,26 @@ class TorchInferenceModel:
         self.grad_mode = grad_mode
         module.eval()
 
-    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+    def forward_tensor(self, input_ids: Any, attention_mask: Any) -> Any:
+        """The output tensor where the model computed it (its device, its dtype): evaluation
+        reduces it there instead of moving full-vocabulary logits to the host."""
         import numpy as np
         import torch
 
-        ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64), device=self.device)
-        mask = torch.as_tensor(np.asarray(attention_mask, dtype=np.int64), device=self.device)
+        where = input_device(self.module, self.device)
+        ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64), device=where)
+        mask = torch.as_tensor(np.asarray(attention_mask, dtype=np.int64), device=where)
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if self.task == Task.CAUSAL_LM:
             kwargs["use_cache"] = False
         with _grad_context(self.grad_mode):
-            out = output_tensor(self.task, self.module(**kwargs))
-            return out.detach().to(device="cpu", dtype=torch.float32).numpy()
+            return output_tensor(self.task, self.module(**kwargs)).detach()
+
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        import torch
+
+        out = self.forward_tensor(input_ids, attention_mask)
+        return out.to(device="cpu", dtype=torch.float32).numpy()
 
     def close(self) -> None:
         self.module = None

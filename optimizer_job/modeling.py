@@ -23,9 +23,12 @@ from optimizer_job.loading import (
     TOKENIZER_FILES,
     TorchInferenceModel,
     auto_class,
+    checkpoint_dtype,
     copy_tokenizer,
     load_tokenizer,
     output_tensor,
+    placement,
+    torch_dtype_of,
 )
 from optimizer_job.methods.base import ArtifactInfo, InferenceModel, MethodError, get_method
 
@@ -113,21 +116,40 @@ def check_remote_code(model_dir: Path, trust_remote_code: bool) -> None:
 def load_original(
     source_dir: Path, task: Task | str, device: str = "cpu", trust_remote_code: bool = False
 ) -> InferenceModel:
-    """The unquantized model in fp32, as the baseline every artifact is compared with."""
-    import torch
+    """The unquantized model in the dtype its checkpoint is stored in (bf16/fp16 stay as
+    they are, never a second full-precision copy), placed by :func:`loading.placement` (on
+    CUDA over every visible GPU, the host taking what does not fit): the baseline every
+    artifact is compared with."""
     from safetensors import SafetensorError
 
     read_config(source_dir)
     _check_weights(source_dir)
+    dtype = checkpoint_dtype(source_dir)
     try:
         module = auto_class(task).from_pretrained(
-            str(source_dir), dtype=torch.float32, trust_remote_code=trust_remote_code
+            str(source_dir),
+            dtype=torch_dtype_of(dtype),
+            trust_remote_code=trust_remote_code,
+            **placement(device),
         )
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise InvalidSpecError(MODEL_FIELD, f"cannot load the model: {exc}") from exc
     if trust_remote_code and _remote_code(source_dir):
         _register_remote_classes(module, task)
-    return TorchInferenceModel(module.to(device), task, device)
+    log.info(
+        "loaded the original model",
+        extra={"dtype": dtype, "device": device, "deviceMap": _device_summary(module)},
+    )
+    return TorchInferenceModel(module, task, device)
+
+
+def _device_summary(module: Any) -> dict[str, int]:
+    """Modules per device of a dispatched model (empty when it sits on one device)."""
+    placed = getattr(module, "hf_device_map", None) or {}
+    summary: dict[str, int] = {}
+    for where in placed.values():
+        summary[str(where)] = summary.get(str(where), 0) + 1
+    return summary
 
 
 def _register_remote_classes(module: Any, task: Task | str) -> None:
@@ -212,6 +234,7 @@ __all__ = [
     "TorchInferenceModel",
     "auto_class",
     "check_remote_code",
+    "checkpoint_dtype",
     "copy_tokenizer",
     "detect_task",
     "dir_size",

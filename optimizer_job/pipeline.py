@@ -37,7 +37,14 @@ from kubequant_api.errors import InvalidSpecError, KubequantError
 from kubequant_api.models import ModelOptimizationSpec, QualityGate, Reproducibility, Result
 from optimizer_job import artifact, modeling, preflight
 from optimizer_job.calibration import select_texts
-from optimizer_job.evaluation import Inputs, ModelRun, check_gate_fits_task, encode, run_model
+from optimizer_job.evaluation import (
+    Inputs,
+    ModelRun,
+    check_gate_fits_task,
+    encode,
+    logits_budget,
+    run_model,
+)
 from optimizer_job.methods.base import get_method
 from optimizer_job.redact import redact
 from optimizer_job.report.base import Reporter, RunContext, StaleRunError
@@ -256,6 +263,8 @@ class Pipeline:
             self.spec.calibration.sequence_length,
             vocab if isinstance(vocab, int) else None,
             task,
+            max_tokens=self.spec.evaluation.max_tokens,
+            budget_bytes=logits_budget(self.settings.resolved_device()),
         )
 
     # -- baseline
@@ -276,6 +285,7 @@ class Pipeline:
         )
         baseline = Baseline(reference, modeling.weights_size(source_dir))
         self.result.original_size_bytes = baseline.size_bytes
+        self.result.baseline_dtype = modeling.checkpoint_dtype(source_dir)
         self.result.baseline = reference.measurements
         return baseline
 

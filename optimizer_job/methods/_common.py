@@ -92,6 +92,21 @@ def device_map(request: QuantizeRequest) -> str:
     return "cuda:0" if request.device.startswith("cuda") else "cpu"
 
 
+def spread(request: QuantizeRequest) -> dict[str, Any]:
+    """``from_pretrained`` placement for quantize-while-loading: every visible GPU (with a
+    per-device budget) on CUDA, the host on CPU."""
+    from optimizer_job import loading
+
+    return loading.placement(request.device) or {"device_map": "cpu"}
+
+
+def source_dtype(request: QuantizeRequest) -> Any:
+    """The torch dtype the source checkpoint is stored in (methods load it as stored)."""
+    from optimizer_job import loading
+
+    return loading.torch_dtype_of(loading.checkpoint_dtype(request.source_dir))
+
+
 def finish_artifact(
     name: str,
     request: QuantizeRequest,

@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 from kubequant_api.constants import Task
 from optimizer_job import loading
 from optimizer_job.methods._common import (
-    device_map,
     finish_artifact,
     library_errors,
     release,
+    source_dtype,
+    spread,
     timed,
     torch_dtype,
 )
@@ -37,16 +38,16 @@ class _Bnb(QuantizationMethod):
         raise NotImplementedError
 
     def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
-        import torch
-
         request.progress(5)
+        # Quantized while loading, shard by shard, in the checkpoint's dtype (the layers
+        # bitsandbytes leaves alone stay as stored).
         with library_errors(self.name, "quantization"), timed(self.name, "quantize"):
             model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),
-                dtype=torch.float32,
+                dtype=source_dtype(request),
                 quantization_config=self._config(request.params),
-                device_map=device_map(request),
                 trust_remote_code=request.trust_remote_code,
+                **spread(request),
             )
         request.progress(70)
         # No forward pass may run before this save (see the module docstring).

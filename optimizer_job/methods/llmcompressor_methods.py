@@ -22,6 +22,7 @@ from optimizer_job.methods._common import (
     finish_artifact,
     library_errors,
     release,
+    source_dtype,
     timed,
 )
 from optimizer_job.methods.base import (
@@ -115,8 +116,6 @@ class _LlmCompressor(QuantizationMethod):
         return int(params.group_size)
 
     def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
-        import torch
-
         # llm-compressor logs through loguru at INFO; keep the engine's JSON logs readable.
         logging.getLogger("llmcompressor").setLevel(logging.WARNING)
         request.progress(5)
@@ -124,10 +123,14 @@ class _LlmCompressor(QuantizationMethod):
         dataset = _calibration_dataset(
             tokenizer, request.calibration, request.sequence_length, self.name
         )
+        # On the host in the checkpoint's dtype, never whole on one device: oneshot's
+        # "independent" pipeline gives each modifier the pipeline it infers, "sequential" for
+        # GPTQ and AWQ, which onloads one decoder layer at a time to the accelerator and keeps
+        # the rest of the model, and the activations between layers, on the host.
         with library_errors(self.name, "loading the model"):
             model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),
-                dtype=torch.float32,
+                dtype=source_dtype(request),
                 trust_remote_code=request.trust_remote_code,
             )
         _check_group_size(model, self._group_size(request.params))
@@ -145,6 +148,8 @@ class _LlmCompressor(QuantizationMethod):
                     max_seq_length=request.sequence_length,
                     num_calibration_samples=len(dataset),
                     shuffle_calibration_samples=False,
+                    pipeline="independent",
+                    sequential_offload_device="cpu",
                 )
         request.progress(85)
         with library_errors(self.name, "saving"), timed(self.name, "save"):

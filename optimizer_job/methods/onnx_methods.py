@@ -130,6 +130,9 @@ class OnnxInt8(QuantizationMethod):
 
         per_channel = bool(getattr(request.params, "per_channel", True))
         request.progress(5)
+        # The one method that upcasts a bf16/fp16 checkpoint, as a whole: ONNX Runtime's
+        # quantize_dynamic quantizes fp32 initializers only, and the graph is exported from
+        # the module as loaded (docs/findings.md).
         with library_errors(self.name, "loading the model"):
             model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),

@@ -32,6 +32,7 @@ from optimizer_job.methods._common import (
     finish_artifact,
     library_errors,
     release,
+    source_dtype,
     timed,
 )
 from optimizer_job.methods.base import (
@@ -106,7 +107,7 @@ class _Quanto(QuantizationMethod):
         with library_errors(self.name, "loading the model"):
             model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),
-                dtype=torch.float32,
+                dtype=source_dtype(request),
                 device_map=device_map(request),
                 trust_remote_code=request.trust_remote_code,
             )

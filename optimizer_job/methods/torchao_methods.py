@@ -21,11 +21,12 @@ from typing import Any, ClassVar
 from kubequant_api.constants import Task
 from optimizer_job import loading
 from optimizer_job.methods._common import (
-    device_map,
     finish_artifact,
     library_errors,
     log,
     release,
+    source_dtype,
+    spread,
     timed,
     torch_dtype,
 )
@@ -43,7 +44,8 @@ class _TorchaoSafetensors(QuantizationMethod):
     """Quantize while loading through ``TorchAoConfig``, save with ``save_pretrained``."""
 
     load_requires = ("torchao",)
-    dtype: ClassVar[str] = "float32"
+    # None: the checkpoint's own dtype (layers left unquantized stay as stored).
+    dtype: ClassVar[str | None] = None
 
     def _config(self, request: QuantizeRequest) -> Any:
         raise NotImplementedError
@@ -65,10 +67,10 @@ class _TorchaoSafetensors(QuantizationMethod):
         with library_errors(self.name, "quantization"), timed(self.name, "quantize"):
             model = loading.auto_class(task).from_pretrained(
                 str(request.source_dir),
-                dtype=torch_dtype(self.dtype),
+                dtype=torch_dtype(self.dtype) if self.dtype else source_dtype(request),
                 quantization_config=config,
-                device_map=device_map(request),
                 trust_remote_code=request.trust_remote_code,
+                **spread(request),
             )
         request.progress(70)
         with library_errors(self.name, "saving"), timed(self.name, "save"):

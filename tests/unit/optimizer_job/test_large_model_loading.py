@@ -1,0 +1,166 @@
+"""Memory that stays proportional to the model: a checkpoint is loaded in the dtype it is
+stored in, evaluation reduces the outputs where they were computed (the same figures as
+the host computation it replaced), and the evaluation token budget holds."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kubequant_api.constants import Task
+from kubequant_api.models import parse_spec
+from optimizer_job import loading, modeling
+from optimizer_job.corpus import split_corpus
+from optimizer_job.evaluation import Outputs, _collect, compare, encode, output_on_device
+
+
+def _host_reference(
+    logits: np.ndarray, ids: np.ndarray, mask: np.ndarray
+) -> tuple[float, int, np.ndarray]:
+    """The computation evaluation used to do on the host: fp32 numpy log-softmax over the
+    whole vocabulary, the targets' log-probabilities picked with take_along_axis."""
+    arr = np.asarray(logits, dtype=np.float32)
+    x = arr[:, :-1, :]
+    shifted = x - x.max(axis=-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    picked = np.take_along_axis(logp, ids[:, 1:][..., None], axis=-1)[..., 0]
+    valid = mask[:, 1:].astype(bool)
+    return float(-picked[valid].sum()), int(valid.sum()), arr.argmax(axis=-1)
+
+
+def _save_as(source: Path, target: Path, dtype: str) -> Path:
+    """The tiny LM re-saved in ``dtype`` (weights and config), tokenizer files copied."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=getattr(torch, dtype))
+    model.save_pretrained(str(target))
+    for path in source.iterdir():
+        if path.is_file() and path.suffix != ".safetensors" and not (target / path.name).exists():
+            shutil.copy2(path, target / path.name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_bf16(tiny_lm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_as(tiny_lm_path, tmp_path_factory.mktemp("bf16") / "tiny-lm-bf16", "bfloat16")
+
+
+def _header_dtypes(model_dir: Path) -> set[str]:
+    found: set[str] = set()
+    for path in model_dir.glob("*.safetensors"):
+        with path.open("rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+        found |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    return found
+
+
+def test_a_bf16_checkpoint_is_loaded_and_measured_as_bf16(
+    tiny_lm_bf16: Path, tiny_lm_path: Path
+) -> None:
+    import torch
+
+    assert _header_dtypes(tiny_lm_bf16) == {"BF16"}
+    assert loading.checkpoint_dtype(tiny_lm_bf16) == "bfloat16"
+    assert loading.checkpoint_dtype(tiny_lm_path) == "float32"
+    model = modeling.load_original(tiny_lm_bf16, Task.CAUSAL_LM)
+    try:
+        module = model.module  # type: ignore[attr-defined]
+        assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
+        # the model holds bf16 weights only: no second full-precision copy
+        held = sum(p.numel() * p.element_size() for p in module.parameters())
+        assert held == sum(loading.safetensors_dtypes(tiny_lm_bf16).values())
+        ids = np.array([[1, 5, 9, 13]], dtype=np.int64)
+        out = output_on_device(model, ids, np.ones_like(ids))
+        assert out.dtype == torch.bfloat16  # computed in the checkpoint's dtype
+    finally:
+        model.close()
+
+
+def test_the_header_dtype_wins_over_a_config_that_says_otherwise(
+    tiny_lm_bf16: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "mislabelled"
+    shutil.copytree(tiny_lm_bf16, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["dtype"] = "float32"
+    (copy / "config.json").write_text(json.dumps(config))
+    assert loading.checkpoint_dtype(copy) == "bfloat16"
+    # without safetensors the config decides; a .bin without either is fp32
+    assert loading.dtype_from({"torch_dtype": "float16"}, {}) == "float16"
+    assert loading.dtype_from({"text_config": {"dtype": "bfloat16"}}, {}) == "bfloat16"
+    assert loading.dtype_from({}, {}) == "float32"
+
+
+def test_evaluation_on_device_equals_the_host_computation(tiny_lm_path: Path) -> None:
+    texts = split_corpus()[1][:12]
+    tokenizer = modeling.load_tokenizer(tiny_lm_path)
+    inputs = encode(tokenizer, texts, 64, 2048, Task.CAUSAL_LM)
+    model = modeling.load_original(tiny_lm_path, Task.CAUSAL_LM)
+    on_device = Outputs(Task.CAUSAL_LM)
+    nll = 0.0
+    count = 0
+    try:
+        for ids, mask in inputs.batches:
+            _collect(on_device, output_on_device(model, ids, mask), ids, mask)
+            ref_nll, ref_count, ref_top1 = _host_reference(model.forward(ids, mask), ids, mask)
+            nll += ref_nll
+            count += ref_count
+            assert np.array_equal(on_device.top1[-1], ref_top1)
+    finally:
+        model.close()
+    assert on_device.count == count > 100
+    assert math.isclose(on_device.nll, nll, rel_tol=1e-5)
+    assert on_device.perplexity is not None
+    assert math.isclose(on_device.perplexity, math.exp(nll / count), rel_tol=1e-5)
+    same = compare(on_device, on_device, inputs)
+    assert same.top1_agreement == 1.0 and same.perplexity_increase_percent == 0.0
+
+
+def test_the_log_softmax_is_chunked_and_gathered() -> None:
+    """Logits wider than one chunk's budget give the same figures chunk by chunk."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 40, 50_000)).astype(np.float32) * 4
+    ids = rng.integers(0, 50_000, size=(2, 40)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 30:] = 0
+    budget = 2 * 50_000 * 4 * 2 * 6  # six positions per chunk: seven chunks over 39
+    out = Outputs(Task.CAUSAL_LM)
+    _collect(out, logits, ids, mask, budget_bytes=budget)
+    ref_nll, ref_count, _ = _host_reference(logits, ids, mask)
+    assert out.count == ref_count
+    assert math.isclose(out.nll, ref_nll, rel_tol=1e-5)
+
+
+def test_the_evaluation_token_budget_cuts_later_texts(tiny_lm_path: Path) -> None:
+    texts = split_corpus()[1][:40]
+    tokenizer = modeling.load_tokenizer(tiny_lm_path)
+    whole = encode(tokenizer, texts, 64, 2048, Task.CAUSAL_LM)
+    cut = encode(tokenizer, texts, 64, 2048, Task.CAUSAL_LM, max_tokens=300)
+    assert whole.tokens > 300
+    assert 0 < cut.tokens <= 300
+    one = encode(tokenizer, texts, 64, 2048, Task.CAUSAL_LM, max_tokens=20)
+    assert one.tokens == 20 and len(one.batches) == 1
+    spec = parse_spec(
+        {
+            "model": {"uri": "file:///m"},
+            "method": "torchao-int8-weight",
+            "output": {"uri": "file:///o"},
+        }
+    )
+    assert spec.evaluation.max_tokens == 65536
+    with pytest.raises(ValueError):
+        parse_spec(
+            {
+                "model": {"uri": "file:///m"},
+                "method": "torchao-int8-weight",
+                "evaluation": {"maxTokens": 0},
+                "output": {"uri": "file:///o"},
+            }
+        )
