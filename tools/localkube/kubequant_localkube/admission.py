@@ -2,9 +2,10 @@
 
 For objects of a CRD-defined resource: unknown fields are pruned (or rejected with
 ``fieldValidation=Strict``), defaults are applied, the structural schema is validated (types,
-enums, required, patterns, bounds, lengths, item counts) and every ``x-kubernetes-validations``
-CEL rule is evaluated with cel-python. Failures are a 422 Invalid whose message names the field
-and carries the rule's message, in the API server's wording.
+enums, required, patterns, string formats, bounds, lengths, item counts, unique items of
+list types ``set`` and ``map``: :mod:`kubequant_localkube.schemaformats`) and every
+``x-kubernetes-validations`` CEL rule is evaluated with cel-python. Failures are a 422 Invalid
+whose message names the field and carries the rule's message, in the API server's wording.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
 
-from kubequant_localkube import errors, resources
+from kubequant_localkube import errors, resources, schemaformats
 
 # celpy logs every short-circuited evaluation error at DEBUG: far too much for test logs.
 logging.getLogger("celpy").setLevel(logging.INFO)
@@ -345,6 +346,9 @@ class Admission:
                 INVALID,
                 f"Invalid value: {shown}: {path} in body should match '{schema['pattern']}'",
             )
+        bad_format = schemaformats.format_problem(schema, value, path)
+        if bad_format:
+            add(BAD_TYPE, bad_format)
 
     @staticmethod
     def _check_number(schema: dict[str, Any], value: float, path: str, add: _Add) -> None:
@@ -389,9 +393,8 @@ class Admission:
             for i, item in enumerate(value):
                 prev = olds[i] if i < len(olds) else None
                 self._validate(items, item, prev, f"{path}[{i}]", causes)
-        unique = len({repr(v) for v in value}) == len(value)
-        if schema.get("x-kubernetes-list-type") == "set" and not unique:
-            add("FieldValueDuplicate", "Duplicate value")
+        for i, message in schemaformats.list_type_problems(schema, value):
+            add("FieldValueDuplicate", message, f"{path}[{i}]")
 
     def _check_object(
         self,
