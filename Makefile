@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 SRC := kubequant_api operator/kubequant_operator optimizer_job kubequant_kubectl tools/localkube/kubequant_localkube hack/demo.py
 PYTEST_ARGS ?=
 
-.PHONY: install lint format test test-unit test-integration demo bench crd clean
+.PHONY: install lint format test test-unit test-integration demo bench bench-gpu crd clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tests.performance.run_all
+	$(PY) -m tests.performance.bench_growth
+
+# The growth table on a GPU, plus GPTQ against llm-compressor's own oneshot at every size;
+# exits 2 at once, saying so, where torch sees no CUDA device.
+bench-gpu: $(STAMP)
+	$(PY) -m tests.performance.bench_growth --device cuda
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build *.egg-info .kubequant-cache bench-results

@@ -1,0 +1,70 @@
+"""A model big enough for its weights to dominate stays within a memory bound through the CLI.
+
+The 0.1B synthetic Llama checkpoint (212 MB of bf16 safetensors, built once and cached:
+:mod:`tests.performance.synthetic`) goes through ``python -m optimizer_job run -f manifest``
+in a subprocess with torchao-int8-weight. The parent samples the child's VmHWM/VmRSS (and
+takes its ``ru_maxrss``) as the growth benchmark does, and subtracts the VmHWM of a process
+that only makes the engine's imports for the method. What is left is what the run itself
+needed: the model, evaluation's buffers and the quantization. Its anonymous memory must stay
+under ``ANON_BOUND`` and its whole RSS under ``RSS_BOUND`` times the checkpoint's bytes (why
+each: below).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.performance.bench_growth import engine_import_baseline, run_engine
+from tests.performance.synthetic import build_synthetic, checkpoint_bytes
+
+pytestmark = pytest.mark.slow
+
+METHOD = "torchao-int8-weight"  # the fastest method: the whole test stays within CI's time
+# Issue #10's goal: the run's peak memory above its imports <= 1.3x the checkpoint's bytes.
+GOAL = 1.3
+# The import baseline and the run are two processes whose import footprints differ by up to
+# ~20 MB from run to run (allocator state, lazily imported modules), and the sampler can miss
+# a few ms of a spike in what it samples; 0.15 x 212 MB = 32 MB covers both, and is far
+# below the +1.0x that one more bf16 copy of the weights would add (+2.0x for an fp32 one).
+NOISE = 0.15
+# Anonymous memory (RssAnon: what the run allocated itself) is held to the goal.
+ANON_BOUND = GOAL + NOISE
+# Total RSS also counts the checkpoint's file-backed pages that safetensors memory-maps
+# while loading (the kernel can drop them under pressure, but a cgroup limit counts them
+# until it does). Measured in November 2026 (docs/findings.md, "Growth"): 1.73-2.09x with
+# the engine loading in the checkpoint's dtype, 4.3x when it loaded in fp32. The engine is
+# above the goal on this measure today, so the bound is the measured worst plus 0.4x of
+# noise (the spread seen between runs on two busy cores); it still fails the fp32 load. Lower
+# it to GOAL + NOISE once the engine stops holding the mapped checkpoint beside its copy.
+RSS_BOUND = 2.5
+
+
+def test_cli_peak_memory_of_a_0_1b_model_is_bounded_by_its_bytes() -> None:
+    model = build_synthetic("0.1b")
+    size = checkpoint_bytes(model)
+    assert size > 200e6  # the weights, not the libraries, dominate the run
+
+    baseline = engine_import_baseline(model, METHOD, "cpu", None)
+    assert baseline.returncode == 0, baseline.tail()
+    run = run_engine(model, METHOD, "cpu", timeout=600, engine_source=None)
+    assert "error" not in run, run["error"]
+    assert run["exit_code"] == 0
+    assert run["optimized_size_bytes"] and run["optimized_size_bytes"] < size
+
+    rss = (run["peak_rss"] - baseline.peak_rss) / size
+    anon = (run["peak_anon"] - baseline.peak_anon) / size
+    print(  # shown with -rA: the figures to compare with docs/findings.md
+        f"peak above the import baseline / {size / 1e6:.0f} MB checkpoint: RSS {rss:.2f}x "
+        f"(bound {RSS_BOUND}), anonymous {anon:.2f}x (bound {ANON_BOUND:.2f}); per stage "
+        f"(VmRSS, MB): { {k: round(v / 1e6) for k, v in run['stage_peaks'].items()} }; "
+        f"baseline {baseline.peak_rss / 1e6:.0f} MB; run {run['wall_s']:.0f}s"
+    )
+    assert rss > 0.5, "the run never held the weights: the sampler saw nothing"
+    assert anon <= ANON_BOUND, (
+        f"the engine allocated {anon:.2f}x the checkpoint's bytes above its imports "
+        f"(anonymous memory), over {ANON_BOUND:.2f}"
+    )
+    assert rss <= RSS_BOUND, (
+        f"the engine's peak RSS above its imports is {rss:.2f}x the checkpoint's bytes, "
+        f"over {RSS_BOUND}"
+    )
