@@ -3,8 +3,10 @@
 The plan (``status.result.plan``) holds the source and output checks, the model's task and
 parameter count, and per candidate: compatibility, expected artifact size, peak memory and
 time estimates. Every problem found is listed under ``errors`` with the field it concerns.
-Estimates are rough by design: parameters x bytes for memory, parameters x a per-method rate
-for time; the per-method figures (size ratio, rate) are the method table's
+Estimates are rough by design: memory from the parameters in the checkpoint's dtype (the
+baseline), what each method holds while it quantizes (:func:`quantize_peak`) and the artifact,
+with ``fit`` comparing the peak with spec.resources.memory; time from parameters x a
+per-method rate; the per-method figures (size ratio, rate) are the method table's
 (:mod:`kubequant_api.methods`).
 """
 
@@ -18,7 +20,8 @@ from kubequant_api.errors import InvalidSpecError, KubequantError
 from kubequant_api.methods import method_spec
 from kubequant_api.models import ModelOptimizationSpec
 from optimizer_job.calibration import select_texts
-from optimizer_job.evaluation import check_gate_fits_task
+from optimizer_job.evaluation import LOGITS_BUDGET_BYTES, check_gate_fits_task
+from optimizer_job.loading import add_header_dtypes, dtype_from
 from optimizer_job.redact import redact
 from optimizer_job.search import PlannedRun, check_compatible
 from optimizer_job.settings import EngineSettings
@@ -28,6 +31,7 @@ _DTYPE_BYTES: Final = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
 }  # fmt: skip
+_SAFETENSORS_NAMES: Final = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 _FLOPS: Final = {"cpu": 2e10, "cuda": 1e13}
 _RUNTIME_OVERHEAD_BYTES: Final = 512 * 1024 * 1024
 _LOAD_BYTES_PER_S: Final = 200e6
@@ -129,9 +133,20 @@ def build_plan(
     except InvalidSpecError as exc:
         errors.append(_error("spec.evaluation.qualityGate", exc))
 
-    eval_tokens = spec.evaluation.samples * min(spec.calibration.sequence_length, 256)
+    dtype = model_dtype(probe)
+    stored = params * _DTYPE_BYTES[_SAFETENSORS_NAMES[dtype]]
+    shard = max(
+        (size for rel, size in probe["files"].items() if rel.endswith(".safetensors")),
+        default=stored,
+    )
+    plan["model"].update(dtype=dtype, weightsBytes=stored)
+    eval_tokens = min(
+        spec.evaluation.max_tokens,
+        spec.evaluation.samples * min(spec.calibration.sequence_length, 256),
+    )
     eval_seconds = 2 * (2 * params * eval_tokens) / _FLOPS.get(device, _FLOPS["cpu"])
-    load_seconds = 2 * fp32_bytes / _LOAD_BYTES_PER_S
+    load_seconds = 2 * stored / _LOAD_BYTES_PER_S
+    baseline = stored + LOGITS_BUDGET_BYTES
     rows = []
     check_compatible(candidates, task, device)
     for cand in candidates:
@@ -147,10 +162,13 @@ def build_plan(
         if device == "cuda":
             rate /= 10
         seconds = load_seconds + rate * params / 1e6 + eval_seconds
+        quantize = quantize_peak(cand.name, stored, fp32_bytes, expected, shard)
         row.update(
             expectedSizeBytes=expected,
             expectedCompressionRatio=round(1 / method.expected_size_ratio, 2),
-            estimatedPeakMemoryBytes=int(2 * fp32_bytes + expected + _RUNTIME_OVERHEAD_BYTES),
+            estimatedPeakMemoryBytes=int(
+                max(baseline, quantize, expected + LOGITS_BUDGET_BYTES) + _RUNTIME_OVERHEAD_BYTES
+            ),
             estimatedSeconds=round(seconds, 1),
             needsCalibration=method.needs_calibration,
         )
@@ -160,6 +178,71 @@ def build_plan(
             {"field": "spec.candidates", "message": "no candidate fits this model and device"}
         )
     plan["candidates"] = rows
-    plan["estimatedPeakMemoryBytes"] = max((r["estimatedPeakMemoryBytes"] for r in rows), default=0)
+    peak = max((r["estimatedPeakMemoryBytes"] for r in rows), default=0)
+    plan["estimatedPeakMemoryBytes"] = peak
     plan["estimatedSeconds"] = round(sum(r["estimatedSeconds"] for r in rows), 1)
+    plan["fit"] = fit(peak, spec.resources.memory, spec.gpu_count())
     return plan
+
+
+# Peak of quantize() per method family, beyond the baseline (which is freed before it):
+# quantize-while-loading (bitsandbytes, torchao) holds the quantized model plus the shard
+# being read; onnx upcasts to fp32 and exports (the graph holds a second copy); the others
+# hold the model as stored while they quantize it (quanto in place, llm-compressor on the
+# host with one layer on the device).
+_WHILE_LOADING: Final = ("bnb-", "torchao-")
+_UPCASTS: Final = ("onnx-",)
+
+
+def quantize_peak(method: str, stored: int, fp32_bytes: int, expected: int, shard: int) -> int:
+    if method.startswith(_WHILE_LOADING):
+        return expected + shard
+    if method.startswith(_UPCASTS):
+        return 2 * fp32_bytes
+    return stored + expected
+
+
+def model_dtype(probe: dict[str, Any]) -> str:
+    """The checkpoint's dtype as loading will see it, from the headers and config.json."""
+    counts: dict[str, int] = {}
+    for header in probe.get("safetensors", {}).values():
+        add_header_dtypes(header, counts)
+    return dtype_from(probe.get("config", {}), counts)
+
+
+def parse_quantity(text: str | None) -> int | None:
+    """Bytes of a Kubernetes quantity (``8Gi``, ``500M``, ``1e9``); None when unset/odd."""
+    if not text:
+        return None
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+             "m": 1e-3}  # fmt: skip
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            try:
+                return int(float(text[: -len(suffix)]) * units[suffix])
+            except ValueError:
+                return None
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def fit(peak: int, memory: str | None, gpus: int) -> dict[str, Any]:
+    """Whether the estimate fits the memory limit the run's Job will get: the spec's
+    ``resources.memory``, else the operator sizes the Job from this estimate."""
+    limit = parse_quantity(memory)
+    where = f" on {gpus} GPU(s) and the host" if gpus else " on the host"
+    if limit is None:
+        summary = f"needs ~{_gib(peak)}{where}; no spec.resources.memory: the Job is sized from it"
+        return {"needsBytes": peak, "limitBytes": None, "fits": True, "summary": summary}
+    fits = peak <= limit
+    summary = f"needs ~{_gib(peak)}{where}, limit {_gib(limit)} (spec.resources.memory)"
+    if not fits:
+        summary += ": raise spec.resources.memory or unset it"
+    return {"needsBytes": peak, "limitBytes": limit, "fits": fits, "summary": summary}

@@ -3,7 +3,10 @@
 Schemes: ``file:///abs``, ``pvc://claim/path`` (mounted under ``KUBEQUANT_PVC_MOUNT_ROOT``),
 ``s3://bucket/prefix`` (s3fs; endpoint from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``),
 ``gs://bucket/prefix`` (gcsfs) and, for sources only, ``hf://repo[@revision]``
-(huggingface_hub into the cache dir; with ``HF_HUB_OFFLINE`` only the local cache is used).
+(huggingface_hub into the cache dir, only the files a run uses (:func:`hf_files_to_fetch`) of
+the commit the revision resolves to; with ``HF_HUB_OFFLINE`` only the local cache is used). A
+dry run reads a source's listing, config.json and the safetensors headers (range reads), never
+weights.
 
 Credentials come from the environment only and never appear in messages: URIs are redacted and
 exception texts are scrubbed (both by :mod:`optimizer_job.redact`).
@@ -25,7 +28,8 @@ import posixpath
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -203,8 +207,59 @@ def fetch_model(uri: str, settings: EngineSettings, field: str = MODEL_FIELD) ->
     return target
 
 
-def _fetch_hf(uri: str, settings: EngineSettings, field: str) -> Path:
-    from huggingface_hub import snapshot_download
+# What a run reads of a hub repository: the config, the tokenizer and generation config, and
+# the weights in one format (safetensors when the repository has them), all at its top level:
+# never original/, onnx/, gguf or other formats' copies of the same weights.
+HF_CONFIG_FILES: Final = ("config.json", "generation_config.json")
+HF_TOKENIZER_FILES: Final = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+)
+HF_SAFETENSORS_INDEX: Final = "model.safetensors.index.json"
+HF_BIN_INDEX: Final = "pytorch_model.bin.index.json"
+
+
+def hf_files_to_fetch(files: Sequence[str]) -> list[str]:
+    """The files of a repository listing a run downloads (see HF_CONFIG_FILES and below):
+    ``*.safetensors`` and their index when there are any, else ``pytorch_model*.bin`` and
+    theirs; remote code (``*.py``) only as the model's own top-level modules."""
+    top = [f for f in files if "/" not in f]
+    wanted = set(HF_CONFIG_FILES) | set(HF_TOKENIZER_FILES)
+    chosen = [f for f in top if f in wanted or f.endswith(".py")]
+    safetensors = [f for f in top if f.endswith(".safetensors")]
+    if safetensors:
+        chosen += safetensors + [f for f in top if f == HF_SAFETENSORS_INDEX]
+    else:
+        chosen += [
+            f
+            for f in top
+            if (f.startswith("pytorch_model") and f.endswith(".bin")) or f == HF_BIN_INDEX
+        ]
+    return sorted(set(chosen))
+
+
+@dataclass(frozen=True)
+class HfListing:
+    """A hub repository at one commit: its files (relative path -> size in bytes)."""
+
+    repo: str
+    commit: str
+    files: dict[str, int]
+
+
+def _hf_errors(uri: str, settings: EngineSettings, field: str, revision: str | None) -> Any:
+    """A context manager turning huggingface_hub's errors into the engine's."""
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -213,25 +268,74 @@ def _fetch_hf(uri: str, settings: EngineSettings, field: str) -> Path:
         RevisionNotFoundError,
     )
 
+    @contextmanager
+    def mapped() -> Iterator[None]:
+        try:
+            yield
+        except LocalEntryNotFoundError as exc:
+            raise InvalidSpecError(
+                field,
+                f"{uri} is not in the model cache {settings.cache_dir} and downloads are "
+                "disabled (HF_HUB_OFFLINE) or the hub is unreachable",
+            ) from exc
+        except (RepositoryNotFoundError, GatedRepoError) as exc:
+            raise InvalidSpecError(
+                field, f"{uri}: repository not found or access denied (check HF_TOKEN)"
+            ) from exc
+        except RevisionNotFoundError as exc:
+            raise InvalidSpecError(field, f"{uri}: revision {revision!r} not found") from exc
+        except HfHubHTTPError as exc:
+            raise StorageUnavailableError(field, f"{uri}: hub error {_describe(exc)}") from exc
+        except (OSError, ValueError) as exc:
+            raise classify(exc, field, uri, "read") from exc
+
+    return mapped()
+
+
+def _hf_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hf_listing(repo: str, revision: str | None) -> HfListing:
+    """The repository's files and sizes at ``revision``, and the commit it resolved to."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+    files = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
+    return HfListing(repo, str(info.sha), files)
+
+
+def _fetch_hf(uri: str, settings: EngineSettings, field: str) -> Path:
+    """The repository's snapshot in the hub cache (``settings.cache_dir``, the cache PVC in
+    the Job, reused by every run), holding only :func:`hf_files_to_fetch`'s files of the
+    commit the revision resolved to; offline, the cached snapshot as it is."""
+    from huggingface_hub import snapshot_download
+
     repo, revision = _parse_hf(uri)
-    try:
-        path = snapshot_download(repo, revision=revision, cache_dir=str(settings.cache_dir))
-    except LocalEntryNotFoundError as exc:
-        raise InvalidSpecError(
-            field,
-            f"{uri} is not in the model cache {settings.cache_dir} and downloads are disabled "
-            "(HF_HUB_OFFLINE) or the hub is unreachable",
-        ) from exc
-    except (RepositoryNotFoundError, GatedRepoError) as exc:
-        raise InvalidSpecError(
-            field, f"{uri}: repository not found or access denied (check HF_TOKEN)"
-        ) from exc
-    except RevisionNotFoundError as exc:
-        raise InvalidSpecError(field, f"{uri}: revision {revision!r} not found") from exc
-    except HfHubHTTPError as exc:
-        raise StorageUnavailableError(field, f"{uri}: hub error {_describe(exc)}") from exc
-    except (OSError, ValueError) as exc:
-        raise classify(exc, field, uri, "read") from exc
+    with _hf_errors(uri, settings, field, revision):
+        if _hf_offline():
+            return Path(snapshot_download(repo, revision=revision, cache_dir=settings.cache_dir))
+        listing = _hf_listing(repo, revision)
+        wanted = hf_files_to_fetch(list(listing.files))
+        if "config.json" not in wanted:
+            raise InvalidSpecError(field, f"{uri} has no config.json")
+        path = snapshot_download(
+            repo,
+            revision=listing.commit,
+            cache_dir=settings.cache_dir,
+            allow_patterns=wanted,
+        )
+    log.info(
+        "downloaded model",
+        extra={
+            "uri": redact(uri),
+            "commit": listing.commit,
+            "files": len(wanted),
+            "bytes": sum(listing.files.get(f, 0) for f in wanted),
+        },
+    )
     return Path(path)
 
 
@@ -277,16 +381,68 @@ def probe_source(uri: str, settings: EngineSettings, field: str = MODEL_FIELD) -
 
 
 def _safetensors_header(fs: Any, path: str) -> dict[str, Any]:
-    with fs.open(path, "rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        if size <= 0 or size > 100_000_000:
-            return {}
-        header: dict[str, Any] = json.loads(fh.read(size))
+    """A safetensors file's JSON header, by two range reads (its 8-byte length, then the
+    header): no weight bytes are read, from an object store either (an ``open`` would read
+    ahead a whole block)."""
+    size = int.from_bytes(fs.cat_file(path, start=0, end=8), "little")
+    if size <= 0 or size > 100_000_000:
+        return {}
+    header: dict[str, Any] = json.loads(fs.cat_file(path, start=8, end=8 + size))
     return header
 
 
 def _probe_hf(uri: str, settings: EngineSettings, field: str) -> dict[str, Any]:
-    local = _fetch_config_only(uri, settings, field)
+    """A dry run's look at a hub repository: its listing, config.json and the safetensors
+    headers (two HTTP range reads per shard), no weights; offline, the cached snapshot."""
+    from huggingface_hub import hf_hub_download
+
+    repo, revision = _parse_hf(uri)
+    if _hf_offline():
+        return _probe_local_snapshot(uri, settings, field)
+    with _hf_errors(uri, settings, field, revision):
+        listing = _hf_listing(repo, revision)
+        wanted = hf_files_to_fetch(list(listing.files))
+        if "config.json" not in wanted:
+            raise InvalidSpecError(field, f"{uri} has no config.json")
+        config_path = hf_hub_download(
+            repo, "config.json", revision=listing.commit, cache_dir=settings.cache_dir
+        )
+        headers = {
+            rel: _hf_safetensors_header(repo, listing.commit, rel)
+            for rel in wanted
+            if rel.endswith(".safetensors")
+        }
+    try:
+        config = json.loads(Path(config_path).read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidSpecError(field, f"{uri}: config.json is not JSON: {exc}") from exc
+    files = {rel: listing.files[rel] for rel in wanted}
+    return {"files": files, "config": config, "safetensors": headers, "commit": listing.commit}
+
+
+def _hf_range(repo: str, commit: str, rel: str, start: int, length: int) -> bytes:
+    from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
+    from huggingface_hub import utils as hf_utils
+
+    url = hf_hub_url(repo, rel, revision=commit)
+    auth: dict[str, str] = hf_utils.build_hf_headers()  # type: ignore[attr-defined]
+    headers = {**auth, "Range": f"bytes={start}-{start + length - 1}"}
+    response = get_session().get(url, headers=headers, follow_redirects=True)
+    hf_raise_for_status(response)
+    data: bytes = response.content[:length]
+    return data
+
+
+def _hf_safetensors_header(repo: str, commit: str, rel: str) -> dict[str, Any]:
+    size = int.from_bytes(_hf_range(repo, commit, rel, 0, 8), "little")
+    if size <= 0 or size > 100_000_000:
+        return {}
+    header: dict[str, Any] = json.loads(_hf_range(repo, commit, rel, 8, size))
+    return header
+
+
+def _probe_local_snapshot(uri: str, settings: EngineSettings, field: str) -> dict[str, Any]:
+    local = _fetch_hf(uri, settings, field)
     files: dict[str, int] = {}
     headers: dict[str, Any] = {}
     for p in sorted(local.rglob("*")):
@@ -302,12 +458,6 @@ def _probe_hf(uri: str, settings: EngineSettings, field: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InvalidSpecError(field, f"{uri}: config.json is not JSON: {exc}") from exc
     return {"files": files, "config": config, "safetensors": headers}
-
-
-def _fetch_config_only(uri: str, settings: EngineSettings, field: str) -> Path:
-    # Preflight resolves the snapshot (from the cache when offline) without extra downloads
-    # beyond what snapshot_download needs; for a cached repo this touches nothing remote.
-    return _fetch_hf(uri, settings, field)
 
 
 # --------------------------------------------------------------------------- sinks
