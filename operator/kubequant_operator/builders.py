@@ -8,6 +8,7 @@ named like the Job that let the engine patch exactly its own object's status.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -320,12 +321,67 @@ def _volumes(spec: ModelOptimizationSpec) -> tuple[list[Manifest], list[Manifest
     return volumes, mounts
 
 
+# Sizing from a dry run's plan (status.result.plan of the same source), where the spec gives
+# no memory or GPU count: the estimate plus headroom, the GPUs it needs at ASSUMED_GPU_BYTES
+# each, and /dev/shm (a memory-backed emptyDir, counted in the limit) at SHM_PER_GPU per GPU.
+# A dry run reads headers only: DRY_RUN_MEMORY and no GPU.
+DRY_RUN_MEMORY = "1Gi"
+ESTIMATE_HEADROOM = 1.25
+ASSUMED_GPU_BYTES = 80 * 2**30
+SHM_PER_GPU = 2**30
+GPU_MAX = 16
+
+
+def plan_estimate(obj: Mapping[str, Any], spec: ModelOptimizationSpec) -> int | None:
+    """The peak-memory estimate (bytes) of a dry run's plan for this spec's model and method,
+    from ``status.result.plan`` (None when there is none for this model)."""
+    result = (obj.get("status") or {}).get("result") or {}
+    plan = result.get("plan") if isinstance(result, Mapping) else None
+    if not isinstance(plan, Mapping):
+        return None
+    planned = str((plan.get("source") or {}).get("uri") or "")
+    bare = spec.model.uri.split("?", 1)[0]
+    if planned not in (bare, re.sub(r"^([A-Za-z0-9+.-]+://)[^/\s@]+@", r"\1***@", bare)):
+        return None
+    estimate = plan.get("estimatedPeakMemoryBytes")
+    for row in plan.get("candidates") or []:
+        if isinstance(row, Mapping) and row.get("method") == spec.method:
+            estimate = row.get("estimatedPeakMemoryBytes")
+    return int(estimate) if isinstance(estimate, int | float) and estimate > 0 else None
+
+
+def gpus_for(estimate: int) -> int:
+    """GPUs of ASSUMED_GPU_BYTES (90% usable) that hold ``estimate`` bytes."""
+    return max(1, min(GPU_MAX, math.ceil(estimate / (0.9 * ASSUMED_GPU_BYTES))))
+
+
+def _gi(n: float) -> str:
+    return f"{max(1, math.ceil(n / 2**30))}Gi"
+
+
+def sizing(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> dict[str, Any]:
+    """The Job's memory, GPU count and /dev/shm size: the spec's, else from the estimate
+    (dry runs: DRY_RUN_MEMORY, no GPU), else the operator's defaults."""
+    if spec.dry_run:
+        return {"memory": spec.resources.memory or DRY_RUN_MEMORY, "gpus": 0, "shm": None}
+    estimate = plan_estimate(obj, spec)
+    gpus = spec.gpu_count()
+    if estimate is not None and spec.resources.gpu is None and gpus > 0:
+        gpus = gpus_for(estimate)
+    shm = SHM_PER_GPU * max(1, gpus) if estimate is not None else None
+    memory = spec.resources.memory or s.default_memory
+    if estimate is not None and spec.resources.memory is None:
+        memory = _gi(estimate * ESTIMATE_HEADROOM + (shm or 0))
+    return {"memory": memory, "gpus": gpus, "shm": _gi(shm) if shm else None}
+
+
 def _resources(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> Manifest:
     cpu = spec.resources.cpu or s.default_cpu
-    memory = spec.resources.memory or s.default_memory
+    sized = sizing(obj, spec, s)
+    memory = sized["memory"]
     limits: dict[str, str] = {"cpu": cpu, "memory": memory}
     requests: dict[str, str] = {"cpu": cpu, "memory": memory}
-    gpus = spec.gpu_count()
+    gpus = sized["gpus"]
     if gpus > 0:
         gpu_name = gpu_resource_name(obj, spec, s)
         limits[gpu_name] = str(gpus)
@@ -343,6 +399,10 @@ def build_job(
     if spec.queue_name:
         meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
     volumes, mounts = _volumes(spec)
+    shm = sizing(obj, spec, s)["shm"]
+    for volume in volumes:
+        if volume["name"] == "dshm" and shm:
+            volume["emptyDir"]["sizeLimit"] = shm
     container: Manifest = {
         "name": CONTAINER_NAME,
         "image": spec.image or s.engine_image,
