@@ -227,6 +227,7 @@ class Pipeline:
 
         source_dir = fetch_model(spec.model.uri, self.settings)
         modeling.check_remote_code(source_dir, spec.model.trust_remote_code)
+        self._state_fit(source_dir)
         task = (
             modeling.detect_task(source_dir)
             if spec.model.task == Task.AUTO
@@ -251,6 +252,18 @@ class Pipeline:
             texts=texts,
         )
         return Prepared(setup, source_dir, task, gate, texts.calibration, inputs)
+
+    def _state_fit(self, source_dir: Path) -> None:
+        """Say whether the run should fit its memory limit before any model loads (logged,
+        and status.result.plan.fit)."""
+        try:
+            fit = preflight.run_fit(source_dir, self.spec)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("no memory estimate for this model: %s", exc, extra=self.ctx.log_extra())
+            return
+        self.result.plan = {"fit": fit}
+        level = logging.INFO if fit["fits"] else logging.WARNING
+        log.log(level, "memory: %s", fit["summary"], extra=self.ctx.log_extra())
 
     def _encode(self, source_dir: Path, texts: list[str], task: Task) -> Inputs:
         """The evaluation texts tokenized once (the tokenizer is dropped before any model)."""

@@ -12,7 +12,9 @@ per-method rate; the per-method figures (size ratio, rate) are the method table'
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Final
 
 from kubequant_api.constants import MODEL_FIELD, OUTPUT_FIELD, Task
@@ -146,7 +148,6 @@ def build_plan(
     )
     eval_seconds = 2 * (2 * params * eval_tokens) / _FLOPS.get(device, _FLOPS["cpu"])
     load_seconds = 2 * stored / _LOAD_BYTES_PER_S
-    baseline = stored + LOGITS_BUDGET_BYTES
     rows = []
     check_compatible(candidates, task, device)
     for cand in candidates:
@@ -162,13 +163,10 @@ def build_plan(
         if device == "cuda":
             rate /= 10
         seconds = load_seconds + rate * params / 1e6 + eval_seconds
-        quantize = quantize_peak(cand.name, stored, fp32_bytes, expected, shard)
         row.update(
             expectedSizeBytes=expected,
             expectedCompressionRatio=round(1 / method.expected_size_ratio, 2),
-            estimatedPeakMemoryBytes=int(
-                max(baseline, quantize, expected + LOGITS_BUDGET_BYTES) + _RUNTIME_OVERHEAD_BYTES
-            ),
+            estimatedPeakMemoryBytes=candidate_peak(cand.name, params, stored, shard),
             estimatedSeconds=round(seconds, 1),
             needsCalibration=method.needs_calibration,
         )
@@ -192,6 +190,19 @@ def build_plan(
 # host with one layer on the device).
 _WHILE_LOADING: Final = ("bnb-", "torchao-")
 _UPCASTS: Final = ("onnx-",)
+
+
+def candidate_peak(name: str, params: int, stored: int, shard: int) -> int:
+    """Peak memory of one candidate's run: the baseline (the model as stored plus one batch's
+    logits), its quantize step, or its artifact reloaded and evaluated, plus the runtime."""
+    fp32_bytes = params * 4
+    expected = int(fp32_bytes * method_spec(name).expected_size_ratio)
+    phases = (
+        stored + LOGITS_BUDGET_BYTES,
+        quantize_peak(name, stored, fp32_bytes, expected, shard),
+        expected + LOGITS_BUDGET_BYTES,
+    )
+    return int(max(phases) + _RUNTIME_OVERHEAD_BYTES)
 
 
 def quantize_peak(method: str, stored: int, fp32_bytes: int, expected: int, shard: int) -> int:
@@ -233,16 +244,64 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def fit(peak: int, memory: str | None, gpus: int) -> dict[str, Any]:
-    """Whether the estimate fits the memory limit the run's Job will get: the spec's
-    ``resources.memory``, else the operator sizes the Job from this estimate."""
-    limit = parse_quantity(memory)
+def fit(peak: int, memory: str | None, gpus: int, limit_bytes: int | None = None) -> dict[str, Any]:
+    """Whether the estimate fits the memory limit: ``limit_bytes`` (the container's, in a
+    run) or the spec's ``resources.memory`` (else the operator sizes the Job from it)."""
+    limit = limit_bytes if limit_bytes is not None else parse_quantity(memory)
+    source = "the container's" if limit_bytes is not None else "spec.resources.memory"
     where = f" on {gpus} GPU(s) and the host" if gpus else " on the host"
     if limit is None:
         summary = f"needs ~{_gib(peak)}{where}; no spec.resources.memory: the Job is sized from it"
         return {"needsBytes": peak, "limitBytes": None, "fits": True, "summary": summary}
     fits = peak <= limit
-    summary = f"needs ~{_gib(peak)}{where}, limit {_gib(limit)} (spec.resources.memory)"
+    summary = f"needs ~{_gib(peak)}{where}, limit {_gib(limit)} ({source})"
     if not fits:
         summary += ": raise spec.resources.memory or unset it"
     return {"needsBytes": peak, "limitBytes": limit, "fits": fits, "summary": summary}
+
+
+def container_memory_limit() -> int | None:
+    """This container's memory limit (cgroup v2, then v1); None when unlimited or unknown."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            return int(text)
+        return None
+    return None
+
+
+def local_probe(source_dir: Path) -> dict[str, Any]:
+    """What :func:`build_plan` reads of a source, from a fetched model directory."""
+    files = {p.name: p.stat().st_size for p in source_dir.iterdir() if p.is_file()}
+    try:
+        config = json.loads((source_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    headers: dict[str, Any] = {}
+    for name in files:
+        if name.endswith(".safetensors"):
+            with (source_dir / name).open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                headers[name] = json.loads(fh.read(size)) if 0 < size < 100_000_000 else {}
+    return {
+        "files": files,
+        "config": config if isinstance(config, dict) else {},
+        "safetensors": headers,
+    }
+
+
+def run_fit(source_dir: Path, spec: ModelOptimizationSpec) -> dict[str, Any]:
+    """A run's fit, stated before anything loads: the peak of its candidates on the fetched
+    model against the container's memory limit (else spec.resources.memory)."""
+    probe = local_probe(source_dir)
+    params, _ = count_parameters(probe)
+    stored = params * _DTYPE_BYTES[_SAFETENSORS_NAMES[model_dtype(probe)]]
+    shard = max(
+        (size for rel, size in probe["files"].items() if rel.endswith(".safetensors")),
+        default=stored,
+    )
+    peak = max(candidate_peak(p.name, params, stored, shard) for p in spec.planned)
+    return fit(peak, spec.resources.memory, spec.gpu_count(), container_memory_limit())

@@ -17,6 +17,7 @@ from kubequant_api.models import parse_spec
 from optimizer_job import loading, modeling
 from optimizer_job.corpus import split_corpus
 from optimizer_job.evaluation import Outputs, _collect, compare, encode, output_on_device
+from tests.fixtures.storage import EngineEnv, run_engine, write_manifest
 
 
 def _host_reference(
@@ -164,3 +165,29 @@ def test_the_evaluation_token_budget_cuts_later_texts(tiny_lm_path: Path) -> Non
                 "output": {"uri": "file:///o"},
             }
         )
+
+
+def test_a_run_on_a_bf16_checkpoint_reports_its_dtype_and_fit(
+    tiny_lm_bf16: Path, tmp_path: Path, engine_env: EngineEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results.json"
+    manifest = write_manifest(
+        tmp_path / "m.yaml",
+        {
+            "model": {"uri": f"file://{tiny_lm_bf16}"},
+            "method": "torchao-int8-weight",
+            "evaluation": {"samples": 8, "maxTokens": 200},
+            "calibration": {"sequenceLength": 64},
+            "output": {"uri": f"file://{tmp_path / 'out'}"},
+        },
+    )
+    code, text = run_engine(["run", "-f", str(manifest), "--results", str(results)], capsys)
+    assert code == 0, text[-2000:]
+    result = json.loads(results.read_text())["result"]
+    assert result["baselineDtype"] == "bfloat16"
+    fit = result["plan"]["fit"]
+    weights = sum(loading.safetensors_dtypes(tiny_lm_bf16).values())
+    assert fit["needsBytes"] > weights and fit["summary"].startswith("needs ~")
+    assert "memory: needs ~" in text  # said before the model loaded
+    assert text.index("memory: needs ~") < text.index("loaded the original model")
+    assert result["baseline"]["perplexity"] > 1.0
