@@ -151,7 +151,8 @@ def _status_kb(key: str) -> int | None:
 
 
 class PeakMemory:
-    """Peak memory added by a block: CUDA max allocated, else the RSS high-water mark.
+    """Peak memory added by a block: CUDA max allocated (summed over the GPUs), else the RSS
+    high-water mark.
 
     On Linux the RSS high-water mark is reset through /proc/self/clear_refs; elsewhere a
     sampling thread watches the RSS.
@@ -173,8 +174,10 @@ class PeakMemory:
             import torch
 
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            self._start = int(torch.cuda.memory_allocated())
+            devices = range(torch.cuda.device_count())
+            for index in devices:  # a model spread over GPUs: every GPU counts
+                torch.cuda.reset_peak_memory_stats(index)
+            self._start = sum(int(torch.cuda.memory_allocated(i)) for i in devices)
             return self
         import psutil
 
@@ -200,7 +203,9 @@ class PeakMemory:
         if self.device == "cuda":
             import torch
 
-            self.peak = max(0, int(torch.cuda.max_memory_allocated()) - self._start)
+            devices = range(torch.cuda.device_count())
+            peak = sum(int(torch.cuda.max_memory_allocated(i)) for i in devices)
+            self.peak = max(0, peak - self._start)
             return
         if self._hwm:
             self.peak = max(0, (_status_kb("VmHWM") or 0) - self._start)

@@ -167,7 +167,7 @@ class _LlmCompressor(QuantizationMethod):
     def load(self, artifact_dir: Path, info: ArtifactInfo, device: str = "cpu") -> InferenceModel:
         with library_errors(self.name, "loading the artifact"):
             model = loading.auto_class(info.task).from_pretrained(
-                str(artifact_dir), device_map="cuda:0" if device.startswith("cuda") else "cpu"
+                str(artifact_dir), **(loading.placement(device) or {"device_map": "cpu"})
             )
         return loading.TorchInferenceModel(model, info.task, device)
 

@@ -89,7 +89,7 @@ class _TorchaoSafetensors(QuantizationMethod):
             )
         with library_errors(self.name, "loading the artifact"):
             model = loading.auto_class(info.task).from_pretrained(
-                str(artifact_dir), device_map="cuda:0" if wanted == "cuda" else "cpu"
+                str(artifact_dir), **(loading.placement(wanted) or {"device_map": "cpu"})
             )
         return loading.TorchInferenceModel(model, info.task, device)
 
