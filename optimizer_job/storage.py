@@ -307,6 +307,19 @@ def _hf_listing(repo: str, revision: str | None) -> HfListing:
     return HfListing(repo, str(info.sha), files)
 
 
+def _cached_files(repo: str, revision: str | None, settings: EngineSettings) -> list[str]:
+    """The repository's listing as the cache recorded it when it was fetched (empty when it
+    did not): offline, the snapshot is complete when the files a run uses are there."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
+    try:
+        tree = get_cached_repo_tree(repo, revision=revision, cache_dir=settings.cache_dir)
+    except (CachedRepoTreeNotFoundError, OSError, ValueError):
+        return []
+    return [str(entry.path) for entry in tree]
+
+
 def _fetch_hf(uri: str, settings: EngineSettings, field: str) -> Path:
     """The repository's snapshot in the hub cache (``settings.cache_dir``, the cache PVC in
     the Job, reused by every run), holding only :func:`hf_files_to_fetch`'s files of the
@@ -316,16 +329,22 @@ def _fetch_hf(uri: str, settings: EngineSettings, field: str) -> Path:
     repo, revision = _parse_hf(uri)
     with _hf_errors(uri, settings, field, revision):
         if _hf_offline():
-            return Path(snapshot_download(repo, revision=revision, cache_dir=settings.cache_dir))
+            cached = _cached_files(repo, revision, settings)
+            patterns = hf_files_to_fetch(cached) if cached else None
+            return Path(
+                snapshot_download(
+                    repo, revision=revision, cache_dir=settings.cache_dir, allow_patterns=patterns
+                )
+            )
         listing = _hf_listing(repo, revision)
         wanted = hf_files_to_fetch(list(listing.files))
         if "config.json" not in wanted:
             raise InvalidSpecError(field, f"{uri} has no config.json")
+        # By the revision asked for (not the listed commit), so the cache records the ref
+        # (refs/<branch>) and a later offline run resolves it; the snapshot folder is named by
+        # the commit it resolved to, which the reproducibility record reads.
         path = snapshot_download(
-            repo,
-            revision=listing.commit,
-            cache_dir=settings.cache_dir,
-            allow_patterns=wanted,
+            repo, revision=revision, cache_dir=settings.cache_dir, allow_patterns=wanted
         )
     log.info(
         "downloaded model",

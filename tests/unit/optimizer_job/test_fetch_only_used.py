@@ -160,9 +160,7 @@ def hub(tiny_bf16: Path) -> Iterator[tuple[str, HubLog, dict[str, bytes]]]:
 
 def _engine_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HF_", "AWS_", "TRANSFORMERS_"))
+        k: v for k, v in os.environ.items() if not k.startswith(("HF_", "AWS_", "TRANSFORMERS_"))
     }
     env.update(
         KUBEQUANT_WORK_DIR=str(tmp_path / "work"),
@@ -287,6 +285,9 @@ def test_an_hf_source_downloads_only_the_files_a_run_uses(
     assert not any(name in downloaded for name in JUNK)
     for name in expected:
         assert downloaded[name] == len(files[name])
+    # the cache records the ref: an offline run later resolves hf://repo from it alone
+    offline = _engine_env(tmp_path, HF_HUB_OFFLINE="1")
+    assert _python(code, offline).strip().splitlines()[-2:] == [path_line, revision]
     # the model loads from what was fetched, in its own dtype
     code = (
         "from pathlib import Path\n"
