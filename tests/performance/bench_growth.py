@@ -504,12 +504,14 @@ class Cell:
 
 
 def _estimate(done: Sequence[Cell], params: int) -> float | None:
-    """Seconds a cell should take, from the largest measured size of the method (linear)."""
+    """Seconds a cell should take, from the largest measured size of the method: its imports
+    as they were, the rest scaled linearly in parameters."""
     measured = [c for c in done if c.ok]
     if not measured:
         return None
     ref = max(measured, key=lambda c: c.params)
-    return float(ref.engine["wall_s"]) * params / ref.params
+    imports = min(ref.engine_import_s or 0.0, float(ref.engine["wall_s"]))
+    return imports + (float(ref.engine["wall_s"]) - imports) * params / ref.params
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -707,7 +709,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         compare = measured if device == "cuda" and method == "gptq" else measured[-1:]
         for cell in compare:
             print(f"  {cell.size} {method}: bare script ...", flush=True)
-            cell.bare = run_bare(models[cell.size], method, device, 2 * budget, texts_file)
+            bare_timeout = args.bare_timeout or 2 * budget
+            cell.bare = run_bare(models[cell.size], method, device, bare_timeout, texts_file)
             print(f"    {cell.bare.get('error') or 'ok'}", flush=True)
 
     summary = summarize(cells, methods)
@@ -775,6 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--cell-budget", type=float, default=DEFAULT_CELL_BUDGET_S)
+    parser.add_argument(
+        "--bare-timeout", type=float, help="seconds a bare script may run (default 2x budget)"
+    )
     parser.add_argument(
         "--engine-source", type=Path, help="run the engine from this source tree instead"
     )
