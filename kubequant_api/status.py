@@ -304,6 +304,14 @@ class ModelOptimizationStatus(ApiModel):
         description="What the engine measured and published for the current run; written by "
         "it. Cleared when a new run starts.",
     )
+    preflight: dict[str, Any] | None = Field(
+        None,
+        description="The plan of the last dry run (its status.result.plan), kept across "
+        "generations until another dry run replaces it: for its model, its memory estimate "
+        "sizes later runs' Jobs when spec.resources.memory is unset, and an OOMKilled run "
+        "names it.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
     last_successful: RunSummary | None = Field(
         None, description="The last run that succeeded, kept while later runs go on or fail."
     )

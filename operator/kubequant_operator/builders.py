@@ -41,6 +41,7 @@ from kubequant_api.jobenv import (
     ENV_WORK_DIR,
 )
 from kubequant_api.models import ModelOptimizationSpec
+from kubequant_operator.estimates import dry_run_estimate
 from kubequant_operator.settings import Settings
 
 CONTAINER_NAME = "engine"
@@ -321,7 +322,7 @@ def _volumes(spec: ModelOptimizationSpec) -> tuple[list[Manifest], list[Manifest
     return volumes, mounts
 
 
-# Sizing from a dry run's plan (status.result.plan of the same source), where the spec gives
+# Sizing from a dry run's plan (status.preflight, of the same source), where the spec gives
 # no memory or GPU count: the estimate plus headroom, the GPUs it needs at ASSUMED_GPU_BYTES
 # each, and /dev/shm (a memory-backed emptyDir, counted in the limit) at SHM_PER_GPU per GPU.
 # A dry run reads headers only: DRY_RUN_MEMORY and no GPU.
@@ -333,21 +334,10 @@ GPU_MAX = 16
 
 
 def plan_estimate(obj: Mapping[str, Any], spec: ModelOptimizationSpec) -> int | None:
-    """The peak-memory estimate (bytes) of a dry run's plan for this spec's model and method,
-    from ``status.result.plan`` (None when there is none for this model)."""
-    result = (obj.get("status") or {}).get("result") or {}
-    plan = result.get("plan") if isinstance(result, Mapping) else None
-    if not isinstance(plan, Mapping):
-        return None
-    planned = str((plan.get("source") or {}).get("uri") or "")
-    bare = spec.model.uri.split("?", 1)[0]
-    if planned not in (bare, re.sub(r"^([A-Za-z0-9+.-]+://)[^/\s@]+@", r"\1***@", bare)):
-        return None
-    estimate = plan.get("estimatedPeakMemoryBytes")
-    for row in plan.get("candidates") or []:
-        if isinstance(row, Mapping) and row.get("method") == spec.method:
-            estimate = row.get("estimatedPeakMemoryBytes")
-    return int(estimate) if isinstance(estimate, int | float) and estimate > 0 else None
+    """The dry run's peak-memory estimate (bytes) for this spec's model and method
+    (:mod:`.estimates`; None when there is none for this model)."""
+    found = dry_run_estimate(obj.get("status"), spec)
+    return found.peak_bytes if found is not None else None
 
 
 def gpus_for(estimate: int) -> int:

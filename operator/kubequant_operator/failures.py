@@ -41,6 +41,7 @@ from kubequant_operator.children import (
     terminated_state,
     unschedulable,
 )
+from kubequant_operator.estimates import dry_run_estimate
 from kubequant_operator.harvest import MESSAGE_MAX, clip, summary_detail
 from kubequant_operator.settings import Settings
 
@@ -209,12 +210,6 @@ def pod_create_refused(
 # --------------------------------------------------------------------------- OOMKilled
 
 
-def _same_source(planned: str, uri: str) -> bool:
-    """Whether the plan's (redacted) source URI is the spec's model URI."""
-    bare = uri.split("?", 1)[0]
-    return planned == bare or planned == re.sub(r"^([A-Za-z0-9+.-]+://)[^/\s@]+@", r"\1***@", bare)
-
-
 def _human_bytes(n: int) -> str:
     if n >= 2**30:
         return f"{n / 2**30:.1f} GiB"
@@ -224,23 +219,15 @@ def _human_bytes(n: int) -> str:
 def preflight_estimate(
     status: Mapping[str, Any] | None, spec: ModelOptimizationSpec | None
 ) -> str | None:
-    """The preflight's peak-memory estimate for this spec's method and model, from the plan of
-    a dry run in ``status.result.plan`` (None when there is none for this model)."""
-    result = (status or {}).get("result") or {}
-    plan = result.get("plan") if isinstance(result, Mapping) else None
-    if not isinstance(plan, Mapping) or spec is None:
+    """The dry run's peak-memory estimate for this spec's method and model, as the OOMKilled
+    message names it (:mod:`.estimates`; None when there is none for this model)."""
+    found = dry_run_estimate(status, spec)
+    if found is None:
         return None
-    source = str((plan.get("source") or {}).get("uri") or "")
-    if not source or not _same_source(source, spec.model.uri):
-        return None
-    method = str(spec.method)
-    estimate = plan.get("estimatedPeakMemoryBytes")
-    for row in plan.get("candidates") or []:
-        if isinstance(row, Mapping) and row.get("method") == method:
-            estimate = row.get("estimatedPeakMemoryBytes")
-    if not isinstance(estimate, int | float) or estimate <= 0:
-        return None
-    return f"preflight estimate {_human_bytes(int(estimate))} for {method} on {source}"
+    return (
+        f"preflight estimate {_human_bytes(found.peak_bytes)} for {found.method} "
+        f"on {found.source}"
+    )
 
 
 def oom_failure(
@@ -254,7 +241,7 @@ def oom_failure(
     limit = engine_limit(pod, job) or (spec.resources.memory if spec is not None else None)
     at = f"at the memory limit {limit}" if limit else "at its memory limit"
     estimate = preflight_estimate(status, spec) or (
-        "no preflight estimate: a run with spec.dryRun reports one in status.result.plan"
+        "no preflight estimate: a run with spec.dryRun reports one in status.preflight"
     )
     text = f"the engine was OOMKilled {at} ({estimate}); raise spec.resources.memory"
     return FailureInfo(Reason.OOM_KILLED, clip(text), exit_code or OOM_EXIT_CODE)

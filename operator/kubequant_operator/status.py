@@ -63,6 +63,7 @@ OPERATOR_FIELDS = (
     "run",
     "rerun",
     "lastSuccessful",
+    "preflight",
     "history",
 )
 # Events of the rerun annotation (kubequant.io/rerun).
@@ -574,6 +575,7 @@ def compute_status(obs: Observation, s: Settings, now: datetime) -> StatusUpdate
         "failure": state.failure.to_api() if state.failure is not None else None,
         "rerun": decision.record if decision.record is not None else old.get("rerun"),
         "lastSuccessful": old.get("lastSuccessful"),
+        "preflight": old.get("preflight"),
         "history": list(old.get("history") or []),
     }
     restarted = rerun_started(obs.obj, run)
@@ -581,6 +583,9 @@ def compute_status(obs: Observation, s: Settings, now: datetime) -> StatusUpdate
     if result is None and not restarted:
         result = result_for_generation(obs.obj, generation)
     ended = state.phase in (Phase.SUCCEEDED, Phase.FAILED) and state.job_name is not None
+    plan = result.get("plan") if isinstance(result, Mapping) else None
+    if isinstance(plan, Mapping) and plan.get("candidates"):
+        desired["preflight"] = dict(plan)  # a dry run's plan outlives its generation
     if ended:
         if state.reason == Reason.SUCCEEDED and result is not None:
             desired["lastSuccessful"] = run_summary(

@@ -422,3 +422,19 @@ def test_a_failed_job_names_the_oom_limit_and_estimate() -> None:
     assert failure.reason == Reason.OOM_KILLED
     assert "at the memory limit 2Gi" in failure.message
     assert "preflight estimate 3.1 GiB for gptq" in failure.message
+
+
+def test_the_kept_dry_run_plan_outlives_a_cleared_result() -> None:
+    """A new generation clears status.result; status.preflight keeps the dry run's plan for
+    the OOM message and the Job's sizing, and a real run's own plan (fit only) is not one."""
+    spec = parse_spec(OPT)
+    kept = {"preflight": PLAN, "result": None}
+    assert preflight_estimate(kept, spec) == (
+        "preflight estimate 3.1 GiB for gptq on hf://facebook/opt-125m"
+    )
+    obj = make_object(spec=OPT, status=kept)
+    assert builders.plan_estimate(obj, spec) == 3_328_599_654
+    fit_only = {"result": {"generation": 2, "plan": {"fit": {"fits": True}}}}
+    assert preflight_estimate(fit_only, spec) is None
+    # the kept plan wins over a later result without candidates
+    assert preflight_estimate({**fit_only, "preflight": PLAN}, spec) is not None
