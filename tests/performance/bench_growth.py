@@ -603,17 +603,24 @@ def plot(cells: Sequence[Cell], methods: Sequence[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (mem_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 5))
-    for method in methods:
+    for n, method in enumerate(methods):
         ok = sorted((c for c in cells if c.method == method and c.ok), key=lambda c: c.params)
         xs = [c.params / 1e9 for c in ok]
-        mem = [c.peak_ratio() for c in ok]
-        mem_ax.plot(xs, mem, marker="o", label=method)
-        time_ax.plot(xs, [c.per_b(c.work_s()) for c in ok], marker="o", label=f"{method} run")
+        color = f"C{n}"
+        mem_ax.plot(xs, [c.peak_ratio() for c in ok], marker="o", color=color, label=method)
+        mem_ax.plot(
+            xs, [c.anon_ratio() for c in ok], marker="x", linestyle="--", color=color,
+            label=f"{method} (anonymous only)",
+        )  # fmt: skip
+        time_ax.plot(
+            xs, [c.per_b(c.work_s()) for c in ok], marker="o", color=color, label=f"{method} run"
+        )
         time_ax.plot(
             xs,
             [c.per_b(c.engine.get("quantize_step_s")) for c in ok],
             marker="x",
             linestyle="--",
+            color=color,
             label=f"{method} quantize step",
         )
     mem_ax.axhline(MEMORY_GOAL, color="grey", linestyle=":", label=f"goal {MEMORY_GOAL}")
