@@ -48,7 +48,11 @@ def test_dry_run_lists_every_problem(
         "spec.evaluation.qualityGate.maxPerplexityIncreasePercent",
         "spec.method",
     ]
-    assert "already holds a complete artifact" in plan["errors"][0]["message"]
+    # a bare marker is not a kubequant artifact (it lists no files): refused as foreign data,
+    # with no suggestion to overwrite it
+    message = plan["errors"][0]["message"]
+    assert "is not empty" in message and "never deletes other data" in message
+    assert "overwrite: true" not in message
     assert plan["source"]["reachable"] is True
     assert plan["candidates"][0]["compatible"] is False
     assert sorted(p.name for p in out.iterdir()) == [COMPLETE_MARKER]  # untouched
