@@ -100,8 +100,6 @@ class _Quanto(QuantizationMethod):
             native_extensions.ensure_for_device(device)
 
     def _quantize(self, request: QuantizeRequest, task: Task) -> ArtifactInfo:
-        import torch
-
         self._native_kernels(device_map(request))
         request.progress(5)
         with library_errors(self.name, "loading the model"):
