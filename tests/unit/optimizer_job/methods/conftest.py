@@ -1,13 +1,21 @@
 """Shared pieces of the method tests: quantize each (method, model) once per session, and
-measure a reloaded artifact against the fp32 original on real held-out text."""
+measure a reloaded artifact against the fp32 original on real held-out text.
+
+``build_artifact`` is shared by test_causal_methods.py, test_encoder_methods.py and
+test_ecosystem_loading.py: each (method, model, params) is quantized once per session however
+many tests use it. The artifact directory is shared, so tests only read it; a test that
+writes into it (the model card) works on :func:`private_copy`. A shared directory that
+changed since it was built fails the next test that asks for it.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,48 @@ class Built:
     info: ArtifactInfo
     quantize_seconds: float
     size_ratio: float
+
+
+@dataclass
+class BuildLog:
+    """What ``build_artifact`` did this session (reported at the end of the run)."""
+
+    quantized: list[str] = field(default_factory=list)
+    reused: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+BUILD_LOG = pytest.StashKey[BuildLog]()
+
+
+def dir_manifest(path: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime ns) of every file under ``path``: cheap change detection."""
+    return sorted(
+        (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in path.rglob("*")
+        if p.is_file()
+    )
+
+
+def private_copy(built: Built, tmp_path: Path) -> Built:
+    """``built`` with its artifact copied under ``tmp_path``, for a test that writes into it
+    (the shared directory stays as the method wrote it)."""
+    target = tmp_path / built.out_dir.name
+    shutil.copytree(built.out_dir, target)
+    return replace(built, out_dir=target)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    log = config.stash.get(BUILD_LOG, None)
+    if log is None:
+        return
+    line = (
+        f"method artifacts: {len(log.quantized)} quantized, {log.reused} reused from "
+        "this session"
+    )
+    if log.failed:
+        line += f", {len(log.failed)} failed ({', '.join(log.failed)})"
+    terminalreporter.write_line(line)
 
 
 def encode(
@@ -95,15 +145,31 @@ def calibration_subset(calibration_texts: list[str]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def build_artifact(
-    tmp_path_factory: pytest.TempPathFactory, calibration_subset: list[str]
+    tmp_path_factory: pytest.TempPathFactory,
+    calibration_subset: list[str],
+    pytestconfig: pytest.Config,
 ) -> Iterator[Callable[..., Built]]:
-    """``build(method, source, task, **params)``: quantize once per session and cache."""
-    cache: dict[tuple[str, str, str], Built] = {}
+    """``build(method, source, task, **params)``: quantize once per session and cache.
+
+    A build that failed is not tried again in the session: later tests fail at once with
+    its error. The artifact directory is checked unchanged at each reuse."""
+    cache: dict[tuple[str, str, str], tuple[Built, list[tuple[str, int, int]]]] = {}
+    failures: dict[tuple[str, str, str], str] = {}
+    log = pytestconfig.stash.setdefault(BUILD_LOG, BuildLog())
 
     def build(method: str, source: Path, task: Task, **params: Any) -> Built:
         key = (method, str(source), json.dumps(params, sort_keys=True))
+        name = f"{method} on {source}" + (f" {key[2]}" if params else "")
+        if key in failures:
+            pytest.fail(f"quantizing {name} failed earlier in this session: {failures[key]}")
         if key in cache:
-            return cache[key]
+            built, manifest = cache[key]
+            assert dir_manifest(built.out_dir) == manifest, (
+                f"the shared artifact of {name} ({built.out_dir}) changed since it was built: "
+                "a test that writes into an artifact must use private_copy()"
+            )
+            log.reused += 1
+            return built
         impl = get_method(method)
         out = tmp_path_factory.mktemp(method.replace("-", "_"))
         request = QuantizeRequest(
@@ -119,12 +185,19 @@ def build_artifact(
             sequence_length=LM_MAX_LENGTH,
         )
         start = time.monotonic()
-        info = impl.quantize(request)
-        seconds = time.monotonic() - start
-        info.write(out)
+        try:
+            info = impl.quantize(request)
+            seconds = time.monotonic() - start
+            info.write(out)
+        except Exception as exc:
+            failures[key] = f"{type(exc).__name__}: {exc}"
+            log.failed.append(name)
+            raise
         ratio = modeling.weights_size(out) / modeling.weights_size(source)
-        cache[key] = Built(method, source, out, info, seconds, ratio)
-        return cache[key]
+        log.quantized.append(name)
+        built = Built(method, source, out, info, seconds, ratio)
+        cache[key] = (built, dir_manifest(out))
+        return built
 
     yield build
 

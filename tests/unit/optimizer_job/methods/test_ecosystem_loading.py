@@ -28,7 +28,7 @@ from kubequant_api.constants import MODEL_CARD_FILE, Task
 from kubequant_api.models import Result
 from optimizer_job import artifact, modeling
 
-from .conftest import Built, cosine, mean_pooled, report
+from .conftest import Built, cosine, mean_pooled, private_copy, report
 from .test_causal_methods import CAUSAL_BOUNDS
 from .test_encoder_methods import ENCODER_BOUNDS
 
@@ -158,7 +158,9 @@ def test_encoder_card_snippet_loads_the_artifact_in_a_fresh_process(
 ) -> None:
     min_cos = ENCODER_BOUNDS[method][0]
     ids, mask, ref = reference_outputs(minilm_path, Task.FEATURE_EXTRACTION, eval_texts)
-    built = build_artifact(method, minilm_path, Task.FEATURE_EXTRACTION)
+    # The session's artifact (shared with test_encoder_methods.py), copied: the card is
+    # written into it.
+    built = private_copy(build_artifact(method, minilm_path, Task.FEATURE_EXTRACTION), tmp_path)
     outputs = run_card_snippet(built, Task.FEATURE_EXTRACTION, ids, mask, tmp_path)
     if method == "onnx-int8":
         assert outputs["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
@@ -181,7 +183,9 @@ def test_causal_card_snippet_loads_the_artifact_in_a_fresh_process(
 ) -> None:
     min_top1, max_ppl_increase, _ = CAUSAL_BOUNDS[method]
     ids, mask, ref = reference_outputs(tiny_lm_path, Task.CAUSAL_LM, eval_texts)
-    built = build_artifact(method, tiny_lm_path, Task.CAUSAL_LM)
+    # The session's artifact (shared with test_causal_methods.py), copied: the card is
+    # written into it.
+    built = private_copy(build_artifact(method, tiny_lm_path, Task.CAUSAL_LM), tmp_path)
     outputs = run_card_snippet(built, Task.CAUSAL_LM, ids, mask, tmp_path)
     if method == "onnx-int8":
         assert outputs["inputs"] == ["input_ids", "attention_mask"]
