@@ -28,8 +28,8 @@ process per cell, for torchao-int8-weight, bnb-int8 and gptq. Per cell:
 
 A cell whose estimate (from the smaller sizes already measured for that method, scaled
 linearly in parameters) exceeds ``--cell-budget`` seconds is recorded as ``skipped
-(estimated N min)``; a cell past twice the budget is killed and recorded as timed out. The
-table always prints. Writes ``bench-results/growth.json`` and ``bench-results/growth.png``.
+(estimated N min)``; a cell past twice the budget is killed and recorded as timed out, and
+the method's bigger sizes are skipped. The table always prints. Writes ``bench-results/growth.json`` and ``bench-results/growth.png``.
 
 ``--device cuda`` (``make bench-gpu``) runs the same table on a GPU and compares the engine's
 GPTQ with llm-compressor's ``oneshot`` at every size; without a CUDA device it exits 2 at
@@ -698,7 +698,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 engine_import_s=eng_base.wall_s,
             )  # fmt: skip
             estimate = _estimate(done, cell.params)
-            if estimate is not None and estimate > budget:
+            if any(c.engine.get("timed_out") for c in done):
+                cell.skipped = "skipped (a smaller size timed out)"
+                print(f"  {size} {method}: {cell.skipped}", flush=True)
+            elif estimate is not None and estimate > budget:
                 cell.skipped = f"skipped (estimated {estimate / 60:.0f} min)"
                 print(f"  {size} {method}: {cell.skipped}", flush=True)
             else:
