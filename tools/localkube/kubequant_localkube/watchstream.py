@@ -113,7 +113,12 @@ async def serve_watch(
             if line:
                 columns_sent = True
                 await resp.write(line)
-    except (ConnectionResetError, asyncio.CancelledError, RuntimeError):
+    except ConnectionResetError:
+        # The watcher went away mid-stream (a client's timeout, a stopped process): a real
+        # server just ends the stream; nothing failed on the server's side.
+        store.unsubscribe(watcher)
+        return resp
+    except (asyncio.CancelledError, RuntimeError):
         store.unsubscribe(watcher)
         raise
     finally:
