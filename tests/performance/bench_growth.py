@@ -29,7 +29,8 @@ process per cell, for torchao-int8-weight, bnb-int8 and gptq. Per cell:
 A cell whose estimate (from the smaller sizes already measured for that method, scaled
 linearly in parameters) exceeds ``--cell-budget`` seconds is recorded as ``skipped
 (estimated N min)``; a cell past twice the budget is killed and recorded as timed out, and
-the method's bigger sizes are skipped. The table always prints. Writes ``bench-results/growth.json`` and ``bench-results/growth.png``.
+the method's bigger sizes are skipped. The table always prints. Writes
+``bench-results/growth.json`` and ``bench-results/growth.png``.
 
 ``--device cuda`` (``make bench-gpu``) runs the same table on a GPU and compares the engine's
 GPTQ with llm-compressor's ``oneshot`` at every size; without a CUDA device it exits 2 at
