@@ -43,6 +43,7 @@ from kubequant_kubectl.format import (
 from kubequant_operator.builders import CONTAINER_NAME
 
 PROG: Final = "kubectl kubequant"
+SCRIPT: Final = "kubectl-kubequant"  # the console script kubectl runs as the plugin
 DISTRIBUTION: Final = "kubequant"
 OUTPUT_FORMATS: Final = ("table", "json", "yaml")
 # The labels the Job controller puts on a Job's pods (the newer one first).
@@ -300,6 +301,25 @@ COMMANDS = {
 # --------------------------------------------------------------------------- parser
 
 
+class _PrintCompletion(argparse.Action):
+    """``--print-completion SHELL``: shtab's script for the installed program name."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        shown = parser.prog
+        parser.prog = SCRIPT
+        try:
+            print(shtab.complete(parser, shell=str(values)))
+        finally:
+            parser.prog = shown
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # kubectl's connection flags, accepted before and after the command.
     common = argparse.ArgumentParser(add_help=False)
@@ -321,7 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"kubectl-kubequant {version()}")
-    shtab.add_argument_to(parser, ["--print-completion"], help="print a shell completion script")
+    # The script completes the program as installed (``kubectl-kubequant``): one for the name
+    # kubectl shows (two words) would register itself for ``kubectl`` and take over its
+    # completion.
+    parser.add_argument(
+        "--print-completion",
+        choices=shtab.SUPPORTED_SHELLS,
+        action=_PrintCompletion,
+        help="print a shell completion script for kubectl-kubequant",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -93,10 +93,17 @@ def _localkube_main(argv: list[str]) -> int:
     return localkube_main(argv)
 
 
+def _kubectl_plugin_main(argv: list[str]) -> int:
+    from kubequant_kubectl.cli import main as plugin_main
+
+    return plugin_main(argv)
+
+
 PROGRAMS: dict[str, tuple[Callable[[list[str]], int], tuple[str, ...]]] = {
     "kubequant-engine": (main, ("run-in-cluster", "--log-format", "--output-format", "--file")),
     "kubequant-operator": (_operator_main, ("--version",)),
     "kubequant-localkube": (_localkube_main, ("serve", "--run-pods", "--state-dir")),
+    "kubectl-kubequant": (_kubectl_plugin_main, ("candidates", "history", "--kubeconfig")),
 }
 
 
