@@ -40,6 +40,7 @@ import fsspec
 from kubequant_api.constants import ARTIFACT_META_FILE, COMPLETE_MARKER, MODEL_FIELD, OUTPUT_FIELD
 from kubequant_api.errors import InvalidSpecError, KubequantError
 from optimizer_job.artifact import DIGEST_EXCLUDED, manifest_text
+from optimizer_job.loading import TOKENIZER_FILES
 from optimizer_job.redact import redact, scrub, strip_userinfo
 from optimizer_job.settings import EngineSettings
 
@@ -211,21 +212,8 @@ def fetch_model(uri: str, settings: EngineSettings, field: str = MODEL_FIELD) ->
 # the weights in one format (safetensors when the repository has them), all at its top level:
 # never original/, onnx/, gguf or other formats' copies of the same weights.
 HF_CONFIG_FILES: Final = ("config.json", "generation_config.json")
-HF_TOKENIZER_FILES: Final = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "preprocessor_config.json",
-)
+# the tokenizer files are the ones every artifact copies (optimizer_job.loading)
+HF_TOKENIZER_FILES: Final = TOKENIZER_FILES
 HF_SAFETENSORS_INDEX: Final = "model.safetensors.index.json"
 HF_BIN_INDEX: Final = "pytorch_model.bin.index.json"
 
