@@ -29,6 +29,7 @@ from optimizer_job.methods.base import (
     QuantizeRequest,
     register,
 )
+from optimizer_job.streamed import load_quantizing
 
 
 class _Bnb(QuantizationMethod):
@@ -42,8 +43,9 @@ class _Bnb(QuantizationMethod):
         # Quantized while loading, shard by shard, in the checkpoint's dtype (the layers
         # bitsandbytes leaves alone stay as stored).
         with library_errors(self.name, "quantization"), timed(self.name, "quantize"):
-            model = loading.auto_class(task).from_pretrained(
-                str(request.source_dir),
+            model = load_quantizing(
+                task,
+                request.source_dir,
                 dtype=source_dtype(request),
                 quantization_config=self._config(request.params),
                 trust_remote_code=request.trust_remote_code,

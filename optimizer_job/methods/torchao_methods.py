@@ -38,6 +38,7 @@ from optimizer_job.methods.base import (
     QuantizeRequest,
     register,
 )
+from optimizer_job.streamed import load_quantizing
 
 
 class _TorchaoSafetensors(QuantizationMethod):
@@ -65,8 +66,9 @@ class _TorchaoSafetensors(QuantizationMethod):
             self._config(request), modules_to_not_convert=self._not_converted(request, task)
         )
         with library_errors(self.name, "quantization"), timed(self.name, "quantize"):
-            model = loading.auto_class(task).from_pretrained(
-                str(request.source_dir),
+            model = load_quantizing(
+                task,
+                request.source_dir,
                 dtype=torch_dtype(self.dtype) if self.dtype else source_dtype(request),
                 quantization_config=config,
                 trust_remote_code=request.trust_remote_code,
