@@ -33,6 +33,11 @@ GATE_FIELD = "spec.evaluation.qualityGate"
 WARMUP_RUNS = 2
 # Bound on the logits buffer of one evaluation batch (causal LMs with large vocabularies).
 LOGITS_BUDGET_BYTES = 256 * 1024 * 1024
+# On the host the bound shrinks with the model: at most an eighth of its weights (at least
+# MIN_LOGITS_BUDGET_BYTES), so a small model's evaluation buffers stay small next to it (a
+# 0.1B model with a 32k vocabulary: 1.30x its checkpoint at the 256 MiB bound, 1.11x at 24 MiB).
+MODEL_BUDGET_DIVISOR = 8
+MIN_LOGITS_BUDGET_BYTES = 16 * 1024 * 1024
 MAX_BATCH = 32
 
 _GATE_TASKS: dict[str, tuple[Task, ...]] = {
@@ -65,11 +70,13 @@ class Inputs:
     batches: list[tuple[np.ndarray, np.ndarray]]  # (input_ids, attention_mask), int64
     bench: tuple[np.ndarray, np.ndarray]  # one sample, for latency
     tokens: int  # real (unpadded) tokens over all batches
+    budget_bytes: int = LOGITS_BUDGET_BYTES  # what one batch's log-softmax buffers may take
 
 
-def logits_budget(device: str) -> int:
-    """Bytes one evaluation batch's outputs may take: LOGITS_BUDGET_BYTES on the host, a
-    tenth of the free memory of the first GPU (at least that, at most 4 GiB) on CUDA."""
+def logits_budget(device: str, model_bytes: int | None = None) -> int:
+    """Bytes one evaluation batch's outputs may take: on the host LOGITS_BUDGET_BYTES, or an
+    eighth of ``model_bytes`` when that is less (not under MIN_LOGITS_BUDGET_BYTES); on CUDA a
+    tenth of the free memory of the first GPU (at least LOGITS_BUDGET_BYTES, at most 4 GiB)."""
     if device.startswith("cuda"):
         try:
             import torch
@@ -78,6 +85,9 @@ def logits_budget(device: str) -> int:
             return int(min(4 * 1024**3, max(LOGITS_BUDGET_BYTES, free // 10)))
         except (ImportError, RuntimeError):
             return LOGITS_BUDGET_BYTES
+    if model_bytes:
+        scaled = max(MIN_LOGITS_BUDGET_BYTES, model_bytes // MODEL_BUDGET_DIVISOR)
+        return min(LOGITS_BUDGET_BYTES, scaled)
     return LOGITS_BUDGET_BYTES
 
 
@@ -123,7 +133,7 @@ def encode(
     ids, mask = batches[0]
     length = int(mask[0].sum())
     bench = (ids[:1, :length].copy(), mask[:1, :length].copy())
-    return Inputs(batches, bench, int(sum(int(m.sum()) for _, m in batches)))
+    return Inputs(batches, bench, int(sum(int(m.sum()) for _, m in batches)), budget_bytes)
 
 
 def _within(ids: np.ndarray, mask: np.ndarray, tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -316,7 +326,9 @@ def run_model(
         model = load()
         try:
             for ids, mask in inputs.batches:
-                _collect(outputs, output_on_device(model, ids, mask), ids, mask)
+                raw = output_on_device(model, ids, mask)
+                _collect(outputs, raw, ids, mask, inputs.budget_bytes)
+                del raw
             ids, mask = inputs.bench
             for _ in range(WARMUP_RUNS):
                 model.forward(ids, mask)

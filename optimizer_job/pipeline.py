@@ -277,7 +277,9 @@ class Pipeline:
             vocab if isinstance(vocab, int) else None,
             task,
             max_tokens=self.spec.evaluation.max_tokens,
-            budget_bytes=logits_budget(self.settings.resolved_device()),
+            budget_bytes=logits_budget(
+                self.settings.resolved_device(), modeling.weights_size(source_dir)
+            ),
         )
 
     # -- baseline

@@ -139,6 +139,41 @@ def test_the_log_softmax_is_chunked_and_gathered() -> None:
     assert math.isclose(out.nll, ref_nll, rel_tol=1e-5)
 
 
+def test_the_host_logits_budget_shrinks_with_the_model(tiny_lm_path: Path) -> None:
+    """A small model's evaluation batches are sized to it, and the batch's log-softmax buffers
+    are chunked to the same budget (the figures do not depend on it)."""
+    from optimizer_job.evaluation import (
+        LOGITS_BUDGET_BYTES,
+        MIN_LOGITS_BUDGET_BYTES,
+        logits_budget,
+        run_model,
+    )
+
+    mb = 1024 * 1024
+    assert logits_budget("cpu") == LOGITS_BUDGET_BYTES
+    assert logits_budget("cpu", 200 * mb) == 25 * mb
+    assert logits_budget("cpu", 10 * mb) == MIN_LOGITS_BUDGET_BYTES
+    assert logits_budget("cpu", 70 * 1024 * mb) == LOGITS_BUDGET_BYTES
+    texts = split_corpus()[1][:12]
+    tokenizer = modeling.load_tokenizer(tiny_lm_path)
+    vocab = 32_000  # sizes the batches: 64 positions * 32k * 4 B = 8 MiB of fp32 per row
+    narrow = encode(
+        tokenizer, texts, 64, vocab, Task.CAUSAL_LM, budget_bytes=MIN_LOGITS_BUDGET_BYTES
+    )
+    roomy = encode(tokenizer, texts, 64, vocab, Task.CAUSAL_LM)
+    assert {b[0].shape[0] for b in narrow.batches} == {2}
+    assert narrow.budget_bytes == MIN_LOGITS_BUDGET_BYTES
+    assert max(b[0].shape[0] for b in roomy.batches) == 8
+
+    def load() -> object:
+        return modeling.load_original(tiny_lm_path, Task.CAUSAL_LM)
+
+    a = run_model(load, narrow, Task.CAUSAL_LM, "cpu", 1)  # type: ignore[arg-type]
+    b = run_model(load, roomy, Task.CAUSAL_LM, "cpu", 1)  # type: ignore[arg-type]
+    assert a.outputs.count == b.outputs.count
+    assert math.isclose(a.outputs.nll, b.outputs.nll, rel_tol=1e-4)
+
+
 def test_the_evaluation_token_budget_cuts_later_texts(tiny_lm_path: Path) -> None:
     texts = split_corpus()[1][:40]
     tokenizer = modeling.load_tokenizer(tiny_lm_path)
