@@ -18,8 +18,10 @@ process per cell, for torchao-int8-weight, bnb-int8 and gptq. Per cell:
   ``wait4``) are recorded too: the development machine's two cores are shared, and CPU time
   is less disturbed by other load than wall time.
 - **engine vs a bare script** at the largest size measured (goal <= 1.10x): the bare script
-  (``--bare``) makes the same library calls without kubequant: ``from_pretrained`` with
-  ``TorchAoConfig`` / ``BitsAndBytesConfig`` and ``save_pretrained``; for gptq
+  (``--bare``) makes the same library calls without kubequant: the shards opened with
+  safetensors' ``pread`` backend and handed to ``from_pretrained`` as its state dict (as the
+  engine loads them, :mod:`optimizer_job.streamed`), with ``TorchAoConfig`` /
+  ``BitsAndBytesConfig``, and ``save_pretrained``; for gptq
   llm-compressor's own ``oneshot`` with its ``W4A16`` GPTQ preset on the engine's calibration
   texts and ``save_pretrained(save_compressed=True)``. The engine's run also measures the
   original and the reloaded artifact, which the bare script does not, so the comparison is
@@ -116,6 +118,15 @@ def _read_status(pid: int) -> dict[str, int]:
     return {k: int(v) * 1024 for k, v in _STATUS_RE.findall(text)}
 
 
+def _kept_stderr(text: str) -> str:
+    """Every JSON log line (the stage marks the tables are cut by) and the last 200 other
+    lines: progress bars alone can push a 1.5B run's first log lines out of a plain tail."""
+    lines = text.splitlines()
+    records = [ln for ln in lines if ln.startswith("{")]
+    other = [ln for ln in lines if not ln.startswith("{")]
+    return "\n".join(records + other[-200:])
+
+
 def run_measured(
     cmd: Sequence[str], env: dict[str, str], timeout: float, cwd: Path = REPO_ROOT
 ) -> Measured:
@@ -151,7 +162,7 @@ def run_measured(
             peak_rss=max(peak, usage.ru_maxrss * 1024),
             timed_out=timed_out,
             stdout=out.read()[-20000:],
-            stderr=err.read()[-200000:],
+            stderr=_kept_stderr(err.read()),
             peak_anon=anon,
             samples=samples,
         )
@@ -332,13 +343,34 @@ def _bare_imports(method: str) -> None:
         from llmcompressor.modifiers.quantization import GPTQModifier  # noqa: F401
 
 
+def _load_streamed(model_dir: Path, **kwargs: Any) -> Any:
+    """``from_pretrained`` on the shards opened with safetensors' ``pread`` backend, the
+    library calls the engine makes (optimizer_job.streamed) without its heap trimming."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+    state: dict[str, Any] = {}
+    handles = []
+    for name in dict.fromkeys(index["weight_map"].values()):
+        handle: Any = safe_open(str(model_dir / name), framework="pt", backend="pread")
+        handles.append(handle)
+        for key in handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+            state[key] = handle.get_slice(key)
+    config = AutoConfig.from_pretrained(str(model_dir))
+    model = LlamaForCausalLM.from_pretrained(None, config=config, state_dict=state, **kwargs)
+    for handle in handles:
+        handle.__exit__(None, None, None)
+    return model
+
+
 def bare(
     method: str, model_dir: Path, out_dir: Path, device: str, texts_file: Path
 ) -> dict[str, Any]:
     """The library calls alone, load to saved artifact; the checkpoint's own dtype (bf16)."""
     _bare_imports(method)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     dmap = "cuda:0" if device == "cuda" else "cpu"
     t0 = time.perf_counter()
@@ -353,9 +385,7 @@ def bare(
         dataset = Dataset.from_dict(
             {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=torch.bfloat16, device_map=dmap
-        )
+        model = _load_streamed(model_dir, dtype=torch.bfloat16, device_map=dmap)
         oneshot(
             model=model,
             tokenizer=tokenizer,
@@ -377,8 +407,8 @@ def bare(
             from transformers import TorchAoConfig
 
             config = TorchAoConfig(Int8WeightOnlyConfig())
-        model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=torch.bfloat16, quantization_config=config, device_map=dmap
+        model = _load_streamed(
+            model_dir, dtype=torch.bfloat16, quantization_config=config, device_map=dmap
         )
         quantized = time.perf_counter()
         model.save_pretrained(str(out_dir), safe_serialization=True)
