@@ -1,4 +1,4 @@
-"""Quantize while loading without mapping the checkpoint into memory.
+"""Load a model to transform it without mapping the checkpoint into memory.
 
 ``from_pretrained`` memory-maps every safetensors shard for the whole load, and the tensors it
 leaves unquantized (embeddings, norms) are views into those maps, so they stay mapped after it
@@ -13,11 +13,11 @@ it quantizes on the fly), so the checkpoint is never resident as a whole. Togeth
 :func:`optimizer_job.heap.trimming_heap` the same load peaks at 0.70x the checkpoint instead of
 2.3x (``make bench``'s growth table has the figures per size).
 
-What ``from_pretrained`` does from a path and not from a state dict is done here too: the model
-class comes from the config through the task's Auto class, and ``generation_config.json`` is
-attached. A checkpoint this cannot stream (no safetensors index or single file, ``.bin``
-weights, a model that ships its own code, a model class transformers does not map) is loaded
-from its path as before.
+What ``from_pretrained`` does from a path and not from a state dict is done here too: the
+model class comes from the config through the task's Auto class, ``config.name_or_path``
+names the directory and ``generation_config.json`` is attached. A checkpoint this cannot
+stream (no safetensors index or single file, ``.bin`` weights, a model that ships its own
+code, a model class transformers does not map) is loaded from its path as before.
 """
 
 from __future__ import annotations
@@ -107,12 +107,13 @@ def _streamable(model_dir: Path) -> list[Path] | None:
     return None if _ships_code(model_dir) else shard_files(model_dir)
 
 
-def load_quantizing(
+def load_streamed(
     task: Task | str, model_dir: Path, *, trust_remote_code: bool, **kwargs: Any
 ) -> Any:
-    """``auto_class(task).from_pretrained(model_dir, **kwargs)`` for a load that quantizes
-    (``kwargs`` carry the ``quantization_config``), streaming the shards when it can, with the
-    heap trimmed while it runs."""
+    """``auto_class(task).from_pretrained(model_dir, **kwargs)`` for a model the method will
+    transform: quantized while it loads (``kwargs`` carry a ``quantization_config``) or
+    calibrated after (GPTQ, AWQ replace every Linear's weight). The shards are streamed when
+    they can be, and the heap is trimmed while it runs."""
     with trimming_heap():
         files = _streamable(model_dir)
         cls = None
@@ -130,6 +131,9 @@ def load_quantizing(
         assert files is not None
         with _opened(files) as state:
             model = cls.from_pretrained(None, config=config, state_dict=state, **kwargs)
+        # What a path load records: libraries that look for the model's files (llm-compressor
+        # reads the processor from it) find them instead of asking the Hub for "".
+        model.config.name_or_path = model.name_or_path = str(model_dir)
         _attach_generation_config(model, model_dir)
         return model
 

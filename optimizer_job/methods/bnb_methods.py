@@ -29,7 +29,7 @@ from optimizer_job.methods.base import (
     QuantizeRequest,
     register,
 )
-from optimizer_job.streamed import load_quantizing
+from optimizer_job.streamed import load_streamed
 
 
 class _Bnb(QuantizationMethod):
@@ -43,7 +43,7 @@ class _Bnb(QuantizationMethod):
         # Quantized while loading, shard by shard, in the checkpoint's dtype (the layers
         # bitsandbytes leaves alone stay as stored).
         with library_errors(self.name, "quantization"), timed(self.name, "quantize"):
-            model = load_quantizing(
+            model = load_streamed(
                 task,
                 request.source_dir,
                 dtype=source_dtype(request),

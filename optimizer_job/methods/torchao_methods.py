@@ -38,7 +38,7 @@ from optimizer_job.methods.base import (
     QuantizeRequest,
     register,
 )
-from optimizer_job.streamed import load_quantizing
+from optimizer_job.streamed import load_streamed
 
 
 class _TorchaoSafetensors(QuantizationMethod):
@@ -66,7 +66,7 @@ class _TorchaoSafetensors(QuantizationMethod):
             self._config(request), modules_to_not_convert=self._not_converted(request, task)
         )
         with library_errors(self.name, "quantization"), timed(self.name, "quantize"):
-            model = load_quantizing(
+            model = load_streamed(
                 task,
                 request.source_dir,
                 dtype=torch_dtype(self.dtype) if self.dtype else source_dtype(request),

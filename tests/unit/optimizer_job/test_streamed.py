@@ -76,7 +76,7 @@ def test_a_streamed_load_is_the_model_from_pretrained_gives_without_the_mapped_c
     gc.collect()
     assert not _mapped(shards)
 
-    model = streamed.load_quantizing(
+    model = streamed.load_streamed(
         Task.CAUSAL_LM,
         sharded_bf16_lm,
         trust_remote_code=False,
@@ -88,13 +88,14 @@ def test_a_streamed_load_is_the_model_from_pretrained_gives_without_the_mapped_c
     assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
     assert torch.equal(_logits(model), expected)
     assert model.generation_config.max_new_tokens == 7
+    assert model.name_or_path == str(sharded_bf16_lm)
 
 
 def test_a_streamed_artifact_saves_and_reloads(sharded_bf16_lm: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = streamed.load_quantizing(
+    model = streamed.load_streamed(
         Task.CAUSAL_LM,
         sharded_bf16_lm,
         trust_remote_code=False,
@@ -136,7 +137,7 @@ def test_what_cannot_stream_loads_from_its_path(
     config["auto_map"] = {"AutoConfig": "configuration_x.XConfig"}
     (remote / "config.json").write_text(json.dumps(config))
     with caplog.at_level("INFO", logger="optimizer_job.streamed"):
-        model = streamed.load_quantizing(
+        model = streamed.load_streamed(
             Task.CAUSAL_LM,
             remote,
             trust_remote_code=False,

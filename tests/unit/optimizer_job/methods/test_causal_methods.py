@@ -88,3 +88,26 @@ def test_four_bit_artifacts_are_smaller_than_eight_bit(
     large = build_artifact(eight_bit, tiny_lm_path, Task.CAUSAL_LM)
     # The quantized Linear layers hold ~55% of the fp32 bytes: halving their bits must show.
     assert small.size_ratio < large.size_ratio - 0.05
+
+
+def test_a_gptq_artifact_is_evaluated_decompressed_with_the_logits_users_get(
+    tiny_lm_path: Path, build_artifact: Callable[..., Built]
+) -> None:
+    """On the host the engine decompresses a compressed-tensors artifact while loading it
+    (no packed copy kept beside the decompressed one); a plain ``from_pretrained``, as the
+    model card loads it, keeps the packed weights and gives the same logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    built = build_artifact("gptq", tiny_lm_path, Task.CAUSAL_LM)
+    engine = modeling.load_artifact(built.out_dir)
+    module = engine.module  # type: ignore[attr-defined]
+    plain = AutoModelForCausalLM.from_pretrained(str(built.out_dir))
+    packed = [n for n, _ in plain.named_parameters() if n.endswith("weight_packed")]
+    assert packed, "the plain load is expected to keep the packed weights"
+    assert not [n for n, _ in module.named_parameters() if n.endswith("weight_packed")]
+    dense = module.get_submodule(packed[0].rsplit(".", 1)[0]).weight
+    assert dense.dtype.is_floating_point
+    ids = torch.tensor([[1, 5, 9, 13, 2, 7, 11]])
+    with torch.inference_mode():
+        assert torch.equal(module(ids).logits, plain(ids).logits)
