@@ -108,6 +108,41 @@ def _no_pinning_without_accelerator() -> Iterator[None]:
         IntermediatesCache.pin_memory = original  # type: ignore[method-assign]
 
 
+@contextmanager
+def _fx_wraps_dropped() -> Iterator[None]:
+    """Drop the ``torch.fx.wrap`` registrations made inside the block.
+
+    llm-compressor's sequential pipeline traces the model with code it generates, and
+    ``torch.fx.wrap`` registers that code's globals (which hold the model) in a module-level
+    table that nothing ever clears: without this the calibrated model outlived the method,
+    through the artifact's evaluation (measured at 0.1B: 0.95x the checkpoint left after the
+    save)."""
+    from torch.fx import _symbolic_trace
+
+    registry = getattr(_symbolic_trace, "_wrapped_fns_to_patch", None)
+    before = set(registry) if isinstance(registry, dict) else None
+    try:
+        yield
+    finally:
+        if isinstance(registry, dict) and before is not None:
+            for key in [k for k in registry if k not in before]:
+                del registry[key]
+
+
+def _drop_tensors(model: Any) -> None:
+    """Empty every parameter and buffer of a saved model in place.
+
+    After ``oneshot`` the frames of its sequential pipeline (the traced forward, the pipeline,
+    ``oneshot`` itself) stay reachable and hold the model object, so dropping our reference
+    would not free it (measured at 0.1B: 0.95x the checkpoint still resident after the save,
+    through the artifact's evaluation). Emptied, whatever keeps the object keeps no weights."""
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+
+
 class _LlmCompressor(QuantizationMethod):
     load_requires = ("compressed-tensors",)
 
@@ -142,28 +177,34 @@ class _LlmCompressor(QuantizationMethod):
         _check_group_size(model, self._group_size(request.params))
         ignore = _head_names(model)
         request.progress(15)
-        with (
-            library_errors(self.name, "calibration and quantization"),
-            timed(self.name, "oneshot"),
-            trimming_heap(),
-        ):
-            from llmcompressor.entrypoints.oneshot import oneshot
+        from llmcompressor.core import create_session
 
-            with _no_pinning_without_accelerator():
-                oneshot(
-                    model=model,
-                    tokenizer=tokenizer,
-                    dataset=dataset,
-                    recipe=self._recipe(request.params, ignore),
-                    max_seq_length=request.sequence_length,
-                    num_calibration_samples=len(dataset),
-                    shuffle_calibration_samples=False,
-                    pipeline="independent",
-                    sequential_offload_device="cpu",
-                )
-        request.progress(85)
-        with library_errors(self.name, "saving"), timed(self.name, "save"), trimming_heap():
-            model.save_pretrained(str(request.out_dir), save_compressed=True)
+        # A session of its own: the global one would keep the model (and what the modifiers
+        # hold) alive after the save, through the artifact's evaluation and the next candidate.
+        with create_session(), _fx_wraps_dropped():
+            with (
+                library_errors(self.name, "calibration and quantization"),
+                timed(self.name, "oneshot"),
+                trimming_heap(),
+            ):
+                from llmcompressor.entrypoints.oneshot import oneshot
+
+                with _no_pinning_without_accelerator():
+                    oneshot(
+                        model=model,
+                        tokenizer=tokenizer,
+                        dataset=dataset,
+                        recipe=self._recipe(request.params, ignore),
+                        max_seq_length=request.sequence_length,
+                        num_calibration_samples=len(dataset),
+                        shuffle_calibration_samples=False,
+                        pipeline="independent",
+                        sequential_offload_device="cpu",
+                    )
+            request.progress(85)
+            with library_errors(self.name, "saving"), timed(self.name, "save"), trimming_heap():
+                model.save_pretrained(str(request.out_dir), save_compressed=True)
+        _drop_tensors(model)
         release(model)
         del model
         return finish_artifact(
