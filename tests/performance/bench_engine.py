@@ -40,6 +40,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.performance.childenv import engine_env
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT_DIR = REPO_ROOT / "bench-results"
 OVERHEAD_METHOD = "torchao-int8-weight"
@@ -343,23 +345,8 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def _worker_env(work: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("KUBEQUANT_PUSHGATEWAY_URL", "KUBERNETES_SERVICE_HOST", "KUBEQUANT_CONFIG_FILE"):
-        env.pop(name, None)
-    env.update(
-        {
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "KUBEQUANT_WORK_DIR": str(work / "engine-work"),
-            "KUBEQUANT_TERMINATION_LOG": str(work / "termination-log"),
-            "KUBEQUANT_ENGINE_METRICS_PORT": "0",
-            "KUBEQUANT_BENCH_REPEATS": str(TIMING_REPEATS),
-            "KUBEQUANT_DEVICE": "cpu",
-            "KUBEQUANT_LOG_LEVEL": "ERROR",
-            "GPTQMODEL_CPU_WORKERS": env.get("GPTQMODEL_CPU_WORKERS", "2"),
-        }
-    )
+    env = engine_env(work, repeats=TIMING_REPEATS, log_level="ERROR")
+    env["GPTQMODEL_CPU_WORKERS"] = env.get("GPTQMODEL_CPU_WORKERS", "2")
     return env
 
 

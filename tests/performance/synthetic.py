@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -179,25 +178,18 @@ def _build(size: SyntheticSize, out_dir: Path) -> None:
 
 def build_synthetic(label: str, root: Path | None = None) -> Path:
     """Path to the synthetic checkpoint ``label`` (a key of :data:`SIZES`), built once."""
-    from filelock import FileLock
+    from tests.fixtures.models import build_once
 
     try:
         size = SIZES[label]
     except KeyError:
         raise ValueError(f"unknown synthetic size {label!r} (known: {', '.join(SIZES)})") from None
-    base = root or cache_root()
-    base.mkdir(parents=True, exist_ok=True)
-    name = f"synthetic-llama-{label}-{size.key()}"
-    target = base / name
-    with FileLock(str(base / f"{name}.lock")):
-        if (target / "synthetic.json").is_file():
-            return target
-        staging = base / f"{name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        _build(size, staging)
-        staging.rename(target)
-    return target
+    return build_once(
+        root or cache_root(),
+        f"synthetic-llama-{label}-{size.key()}",
+        "synthetic.json",
+        lambda staging: _build(size, staging),
+    )
 
 
 def checkpoint_bytes(path: Path) -> int:

@@ -109,3 +109,13 @@ def test_summary_ratios() -> None:
     # the estimate for a bigger cell scales the largest measured run (less imports) linearly
     assert bench_growth._estimate([small, large], int(3e9)) == pytest.approx(10 + 150 * 3)
     assert bench_growth.table_rows([skipped])[0][-1] == "skipped (estimated 20 min)"
+
+
+def test_engine_vs_bare_compares_the_fastest_run_of_each() -> None:
+    cell = _cell("l", 1e9, 160.0, 80.0, 1600)
+    cell.bare = {"step_s": 64.0, "peak_rss": 1400}
+    cell.engine_steps = [80.0, 70.0, 75.0]
+    cell.bare_steps = [66.0, 64.0, 70.0]
+    assert cell.overhead() == pytest.approx(70 / 64)
+    cell.bare = {"error": "exit 1"}
+    assert cell.overhead() is None
