@@ -29,6 +29,7 @@ from optimizer_job.native_extensions import (
     VERSION_FILE,
     NativeExtensionError,
 )
+from tests.fixtures.childenv import engine_env
 from tests.fixtures.storage import write_manifest
 
 REPO = Path(__file__).resolve().parents[3]
@@ -68,19 +69,10 @@ def old_lock(directory: Path, age_seconds: float) -> Path:
     return lock
 
 
-def engine_env(tmp_path: Path, extension_root: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("KUBEQUANT_PUSHGATEWAY_URL", "KUBERNETES_SERVICE_HOST", "KUBEQUANT_CONFIG_FILE"):
-        env.pop(name, None)
+def quanto_env(tmp_path: Path, extension_root: Path, **extra: str) -> dict[str, str]:
+    env = engine_env(tmp_path, repeats=2)
     env.update(
         {
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "KUBEQUANT_WORK_DIR": str(tmp_path / "work"),
-            "KUBEQUANT_TERMINATION_LOG": str(tmp_path / "termination-log"),
-            "KUBEQUANT_ENGINE_METRICS_PORT": "0",
-            "KUBEQUANT_BENCH_REPEATS": "2",
-            "KUBEQUANT_DEVICE": "cpu",
             "KUBEQUANT_CACHE_DIR": str(tmp_path / "hf-cache"),
             EXTENSION_DIR_ENV: str(extension_root),
             **extra,
@@ -104,7 +96,7 @@ def run_quanto_int4(
     command = [sys.executable, "-m", "optimizer_job", "run", "-f", str(manifest)]
     proc = subprocess.run(
         [*command, "--results", str(results)],
-        env=engine_env(tmp_path, extension_root),
+        env=quanto_env(tmp_path, extension_root),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -136,7 +128,7 @@ def load_in_fresh_process(
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
-        env=engine_env(tmp_path, extension_root, **extra),
+        env=quanto_env(tmp_path, extension_root, **extra),
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -41,6 +41,19 @@ def _int8_config() -> Any:
     return TorchAoConfig(Int8WeightOnlyConfig())
 
 
+def _load_int8(model_dir: Path) -> Any:
+    import torch
+
+    return streamed.load_streamed(
+        Task.CAUSAL_LM,
+        model_dir,
+        trust_remote_code=False,
+        dtype=torch.bfloat16,
+        quantization_config=_int8_config(),
+        device_map="cpu",
+    )
+
+
 def _mapped(paths: list[Path]) -> set[str]:
     """Which of ``paths`` this process has mapped into memory now."""
     maps = Path("/proc/self/maps").read_text()
@@ -76,14 +89,7 @@ def test_a_streamed_load_is_the_model_from_pretrained_gives_without_the_mapped_c
     gc.collect()
     assert not _mapped(shards)
 
-    model = streamed.load_streamed(
-        Task.CAUSAL_LM,
-        sharded_bf16_lm,
-        trust_remote_code=False,
-        dtype=torch.bfloat16,
-        quantization_config=_int8_config(),
-        device_map="cpu",
-    )
+    model = _load_int8(sharded_bf16_lm)
     assert not _mapped(shards), "the streamed model holds views into the checkpoint's maps"
     assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
     assert torch.equal(_logits(model), expected)
@@ -95,14 +101,7 @@ def test_a_streamed_artifact_saves_and_reloads(sharded_bf16_lm: Path, tmp_path: 
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = streamed.load_streamed(
-        Task.CAUSAL_LM,
-        sharded_bf16_lm,
-        trust_remote_code=False,
-        dtype=torch.bfloat16,
-        quantization_config=_int8_config(),
-        device_map="cpu",
-    )
+    model = _load_int8(sharded_bf16_lm)
     model.save_pretrained(str(tmp_path / "out"))
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["quantization_config"]["quant_method"] == "torchao"
@@ -116,7 +115,6 @@ def test_a_streamed_artifact_saves_and_reloads(sharded_bf16_lm: Path, tmp_path: 
 def test_what_cannot_stream_loads_from_its_path(
     sharded_bf16_lm: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import torch
 
     # an index naming a shard that is not there; .bin weights
     broken = tmp_path / "broken"
@@ -137,14 +135,7 @@ def test_what_cannot_stream_loads_from_its_path(
     config["auto_map"] = {"AutoConfig": "configuration_x.XConfig"}
     (remote / "config.json").write_text(json.dumps(config))
     with caplog.at_level("INFO", logger="optimizer_job.streamed"):
-        model = streamed.load_streamed(
-            Task.CAUSAL_LM,
-            remote,
-            trust_remote_code=False,
-            dtype=torch.bfloat16,
-            quantization_config=_int8_config(),
-            device_map="cpu",
-        )
+        model = _load_int8(remote)
     assert "not streamed" in caplog.text
     assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
 
