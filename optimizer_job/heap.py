@@ -11,11 +11,12 @@ those tensors come from the heap, interleaved with the quantized ones that stay,
 freed space cannot be returned from the top: measured on a 0.5B bf16 checkpoint, the heap
 held 0.9x the checkpoint in freed pages at the end of the load. :func:`trimming_heap` trims
 while such a block runs. Trimming every 50 ms, the 0.5B load peaked at 0.70x the checkpoint,
-every 200 ms at 0.76x (1.5B, every 250 ms: 0.66x), all below what the run holds elsewhere
-(the original model, 1.0x),
-and each trim makes the next allocations fault their pages in again, so the longer interval
-is the default. A fixed, low mmap threshold bounded the peak too, but made every temporary
-a fresh mapping and the same load twice as slow.
+every 200 ms at 0.76x. Each trim makes the next allocations fault their pages in again, and a
+250 ms interval made the 1.5B load faster (engine vs bare 0.90-1.09x against 1.17-1.26x, on
+noisy cores), but at 0.1B, on a busy machine, 250 ms let 0.35x of the checkpoint pile up
+between trims (the memory-bound test's run: 1.39x anonymous against 1.05x), so the interval
+is 50 ms. A fixed, low mmap threshold bounded the peak too, but made every temporary a fresh
+mapping and the same load twice as slow.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-TRIM_INTERVAL_S = 0.25
+TRIM_INTERVAL_S = 0.05
 
 
 @functools.cache

@@ -27,13 +27,16 @@ GOAL = 1.3
 # a few ms of a spike in what it samples; 0.15 x 212 MB = 32 MB covers both, and is far
 # below the +1.0x that one more bf16 copy of the weights would add (+2.0x for an fp32 one).
 NOISE = 0.15
-# Anonymous memory (RssAnon: what the run allocated itself) and the whole RSS, which also
-# counts file-backed pages such as a memory-mapped checkpoint's (the kernel can drop them
-# under pressure, but a cgroup limit counts them until it does), are both held to the goal.
-# The engine streams the shards it quantizes instead of mapping them (optimizer_job.streamed):
-# measured 1.73-2.11x RSS before, 1.1-1.2x after (docs/findings.md, "Growth").
+# Anonymous memory (RssAnon: what the run allocated itself) is held to the goal. The engine
+# streams the shards it quantizes instead of mapping them (optimizer_job.streamed): the RSS
+# was 1.73-2.11x with the checkpoint mapped, 1.16-1.17x since (docs/findings.md, "Growth").
 ANON_BOUND = GOAL + NOISE
-RSS_BOUND = GOAL + NOISE
+# The whole RSS also counts file-backed pages: the checkpoint's if it were mapped again, and
+# the shared libraries' pages the run touches beyond what the import-only process touched.
+# In a freshly installed virtualenv the kernel maps those in larger folios: the same run
+# measured 1.30x there against 1.17x in an older one. The bound leaves that and the noise
+# room and still fails a mapped checkpoint's 1.73x and more.
+RSS_BOUND = 1.6
 
 
 def test_cli_peak_memory_of_a_0_1b_model_is_bounded_by_its_bytes() -> None:
