@@ -101,7 +101,7 @@ class Measured:
     returncode: int
     wall_s: float
     cpu_s: float
-    peak_rss: int  # bytes: max of sampled VmHWM, VmRSS and the child's ru_maxrss
+    peak_rss: int  # bytes: max of sampled VmHWM and VmRSS (ru_maxrss only if never sampled)
     timed_out: bool = False
     stdout: str = ""
     stderr: str = ""
@@ -166,7 +166,10 @@ def run_measured(
             returncode=proc.returncode,
             wall_s=wall,
             cpu_s=usage.ru_utime + usage.ru_stime,
-            peak_rss=max(peak, usage.ru_maxrss * 1024),
+            # not wait4's ru_maxrss: Linux carries the parent's high-water mark across fork
+            # and exec, so a large parent (a pytest process that built the checkpoint) would
+            # set every child's peak
+            peak_rss=peak or usage.ru_maxrss * 1024,
             timed_out=timed_out,
             stdout=out.read()[-20000:],
             stderr=_kept_stderr(err.read()),
