@@ -54,6 +54,30 @@ CPU_RESERVE_BYTES: Final = 2 * 1024**3
 GPU_RESERVE_FRACTION: Final = 0.1
 
 
+def remote_code(model_dir: Path) -> dict[str, Any]:
+    """The ``auto_map`` entries of config.json and tokenizer_config.json: classes the model
+    maps to code shipped with it."""
+    found: dict[str, Any] = {}
+    for name in ("config.json", "tokenizer_config.json"):
+        path = model_dir / name
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            continue  # read_config reports a broken config.json
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if isinstance(auto_map, dict):
+            found.update({f"{name}: {k}": v for k, v in auto_map.items()})
+        elif auto_map:
+            found[name] = auto_map
+    return found
+
+
+def weights_size(path: Path) -> int:
+    """Bytes of the weight files under ``path`` (safetensors, torch, onnx and their data)."""
+    suffixes = {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".data"}
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in suffixes)
+
+
 def safetensors_dtypes(model_dir: Path) -> dict[str, int]:
     """Bytes per floating-point dtype over the safetensors shards' headers (read only)."""
     counts: dict[str, int] = {}

@@ -28,7 +28,9 @@ from optimizer_job.loading import (
     load_tokenizer,
     output_tensor,
     placement,
+    remote_code,
     torch_dtype_of,
+    weights_size,
 )
 from optimizer_job.methods.base import ArtifactInfo, InferenceModel, MethodError, get_method
 
@@ -82,28 +84,10 @@ def detect_task(source_dir: Path) -> Task:
     return Task.FEATURE_EXTRACTION
 
 
-def _remote_code(model_dir: Path) -> dict[str, Any]:
-    """The ``auto_map`` entries of config.json and tokenizer_config.json: classes the model
-    maps to code shipped with it."""
-    found: dict[str, Any] = {}
-    for name in ("config.json", "tokenizer_config.json"):
-        path = model_dir / name
-        try:
-            data = json.loads(path.read_text()) if path.is_file() else {}
-        except (OSError, ValueError):
-            continue  # read_config reports a broken config.json
-        auto_map = data.get("auto_map") if isinstance(data, dict) else None
-        if isinstance(auto_map, dict):
-            found.update({f"{name}: {k}": v for k, v in auto_map.items()})
-        elif auto_map:
-            found[name] = auto_map
-    return found
-
-
 def check_remote_code(model_dir: Path, trust_remote_code: bool) -> None:
     """Refuse a model that ships its own code unless the spec allows running it; checked
     before transformers sees the model, so transformers never asks on stdin."""
-    mapped = _remote_code(model_dir)
+    mapped = remote_code(model_dir)
     if mapped and not trust_remote_code:
         shown = ", ".join(f"{k} -> {v}" for k, v in list(mapped.items())[:4])
         raise InvalidSpecError(
@@ -134,7 +118,7 @@ def load_original(
         )
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise InvalidSpecError(MODEL_FIELD, f"cannot load the model: {exc}") from exc
-    if trust_remote_code and _remote_code(source_dir):
+    if trust_remote_code and remote_code(source_dir):
         _register_remote_classes(module, task)
     log.info(
         "loaded the original model",
@@ -195,7 +179,7 @@ def preload_runtime(
         getattr(transformers, name)
     importlib.import_module("transformers.modeling_utils")
     importlib.import_module("transformers.quantizers.auto")
-    if source_dir is not None and task is not None and not _remote_code(source_dir):
+    if source_dir is not None and task is not None and not remote_code(source_dir):
         # trust_remote_code is explicit so transformers never prompts on stdin; a model whose
         # classes come with it is left to from_pretrained under spec.model.trustRemoteCode.
         config = transformers.AutoConfig.from_pretrained(str(source_dir), trust_remote_code=False)
@@ -211,12 +195,6 @@ def preload_runtime(
 def dir_size(path: Path) -> int:
     """Bytes of every file under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def weights_size(path: Path) -> int:
-    """Bytes of the weight files under ``path`` (safetensors, torch, onnx and their data)."""
-    suffixes = {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".data"}
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in suffixes)
 
 
 @contextmanager

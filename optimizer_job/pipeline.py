@@ -93,6 +93,7 @@ class Prepared:
     gate: QualityGate | None
     calibration: list[str]
     inputs: Inputs
+    source_bytes: int  # the checkpoint's weight files, on disk
 
 
 @dataclass(frozen=True)
@@ -244,14 +245,15 @@ class Pipeline:
         self.reporter.stage(Stage.CALIBRATING, 5)
         needs_cal = any(c.method is not None and c.method.needs_calibration for c in candidates)
         texts = select_texts(spec, self.settings, needs_calibration=needs_cal)
-        inputs = self._encode(source_dir, texts.evaluation, task)
+        source_bytes = modeling.weights_size(source_dir)
+        inputs = self._encode(source_dir, texts.evaluation, task, source_bytes)
         self.record = reproducibility_record(
             source_uri=redact(spec.model.uri),
             source_revision=artifact.source_revision(spec.model.uri, source_dir),
             methods=[c.name for c in candidates],
             texts=texts,
         )
-        return Prepared(setup, source_dir, task, gate, texts.calibration, inputs)
+        return Prepared(setup, source_dir, task, gate, texts.calibration, inputs, source_bytes)
 
     def _state_fit(self, source_dir: Path) -> None:
         """Say whether the run should fit its memory limit before any model loads (logged,
@@ -265,7 +267,7 @@ class Pipeline:
         level = logging.INFO if fit["fits"] else logging.WARNING
         log.log(level, "memory: %s", fit["summary"], extra=self.ctx.log_extra())
 
-    def _encode(self, source_dir: Path, texts: list[str], task: Task) -> Inputs:
+    def _encode(self, source_dir: Path, texts: list[str], task: Task, source_bytes: int) -> Inputs:
         """The evaluation texts tokenized once (the tokenizer is dropped before any model)."""
         tokenizer = modeling.load_tokenizer(source_dir, self.spec.model.trust_remote_code)
         config = modeling.read_config(source_dir)
@@ -277,9 +279,7 @@ class Pipeline:
             vocab if isinstance(vocab, int) else None,
             task,
             max_tokens=self.spec.evaluation.max_tokens,
-            budget_bytes=logits_budget(
-                self.settings.resolved_device(), modeling.weights_size(source_dir)
-            ),
+            budget_bytes=logits_budget(self.settings.resolved_device(), source_bytes),
         )
 
     # -- baseline
@@ -298,7 +298,7 @@ class Pipeline:
             device,
             self.settings.bench_repeats,
         )
-        baseline = Baseline(reference, modeling.weights_size(source_dir))
+        baseline = Baseline(reference, prepared.source_bytes)
         self.result.original_size_bytes = baseline.size_bytes
         self.result.baseline_dtype = modeling.checkpoint_dtype(source_dir)
         self.result.baseline = reference.measurements

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from kubequant_api.constants import Task
-from optimizer_job.heap import trimming_heap
-from optimizer_job.loading import auto_class
+from optimizer_job.heap import slack_for, trimming_heap
+from optimizer_job.loading import auto_class, remote_code, weights_size
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,6 @@ def shard_files(model_dir: Path) -> list[Path] | None:
     return [single] if single.is_file() else None
 
 
-def _ships_code(model_dir: Path) -> bool:
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return True  # let from_pretrained report it
-    return not isinstance(config, dict) or bool(config.get("auto_map"))
-
-
 @contextmanager
 def _opened(files: list[Path]) -> Iterator[LazyStateDict]:
     from safetensors import safe_open
@@ -104,7 +96,7 @@ def model_class(task: Task | str, config: Any) -> Any | None:
 def _streamable(model_dir: Path) -> list[Path] | None:
     """The shards to stream, or None: the model ships its own code (left to from_pretrained
     under ``trust_remote_code``) or its weights are not safetensors."""
-    return None if _ships_code(model_dir) else shard_files(model_dir)
+    return None if remote_code(model_dir) else shard_files(model_dir)
 
 
 def load_streamed(
@@ -114,7 +106,7 @@ def load_streamed(
     transform: quantized while it loads (``kwargs`` carry a ``quantization_config``) or
     calibrated after (GPTQ, AWQ replace every Linear's weight). The shards are streamed when
     they can be, and the heap is trimmed while it runs."""
-    with trimming_heap():
+    with trimming_heap(slack_for(weights_size(model_dir))):
         files = _streamable(model_dir)
         cls = None
         config = None

@@ -6,14 +6,13 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kubequant_api.constants import Task
-from optimizer_job import heap, streamed
+from optimizer_job import streamed
 
 
 @pytest.fixture(scope="module")
@@ -138,17 +137,3 @@ def test_what_cannot_stream_loads_from_its_path(
         model = _load_int8(remote)
     assert "not streamed" in caplog.text
     assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
-
-
-def test_the_heap_trimmer_runs_only_inside_its_block() -> None:
-    def trimmers() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name == "kubequant-heap-trimmer"]
-
-    assert not trimmers()
-    with heap.trimming_heap(0.001):
-        assert len(trimmers()) == 1
-        junk = [bytearray(1 << 20) for _ in range(8)]
-        del junk
-    assert not trimmers()
-    with heap.trimming_heap(0):  # disabled
-        assert not trimmers()
