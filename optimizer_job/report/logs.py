@@ -10,6 +10,11 @@ transformers) are turned off, since the run's progress is already reported by st
 metrics, ``status.progress``). ``text`` (a terminal): readable lines and a progress bar of
 the run's stages on stderr. ``auto`` picks ``text`` when stderr is a terminal.
 
+A library message logged again with the same template (bitsandbytes warns that it casts
+bf16 inputs to fp16 on every forward of every 8-bit layer: thousands of lines for one
+evaluation) is kept once per logger, level and template; the engine's own lines are never
+dropped.
+
 Libraries imported after the setup (the engine imports them lazily) reconfigure their own
 logging on import (llm-compressor replaces every loguru sink with a stdout one; torch and
 transformers add stream handlers); a post-import hook applies the routing again right after
@@ -315,6 +320,26 @@ def _install_after_import_hook() -> None:
         sys.meta_path.insert(0, _AfterImportHook())
 
 
+class LibraryRepeatFilter(logging.Filter):
+    """Drop a library's record when the same logger already logged the same template at the
+    same level; the engine's own records (``optimizer_job``, ``kubequant_api``) all pass."""
+
+    OWN_PREFIXES: Final = ("optimizer_job", "kubequant_api")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(self.OWN_PREFIXES):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
 def configure_logging(level: str = "INFO", log_format: str = "auto") -> str:
     """The engine's logging for this process; returns the format in use (``json``/``text``).
 
@@ -337,6 +362,9 @@ def configure_logging(level: str = "INFO", log_format: str = "auto") -> str:
         _progress.clear()
         _quiet_progress_bars()
     _state["format"] = fmt
+    repeats = LibraryRepeatFilter()  # the handlers are new: so is what they have seen
+    for each in root.handlers:
+        each.addFilter(repeats)
     logging.captureWarnings(True)
     route_loguru()
     _adopt_stream_handlers()

@@ -433,3 +433,28 @@ def test_library_logs_and_progress_bars_stay_json(tmp_path: Path) -> None:
     assert any(
         ln.endswith("warning after llmcompressor") for ln in proc.stderr.splitlines()
     ), proc.stderr
+
+
+def test_a_library_message_repeated_per_layer_is_logged_once(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    from optimizer_job.report.logs import configure_logging
+
+    configure_logging("INFO", "json")
+    library = logging.getLogger("bitsandbytes.autograd._functions")
+    for dtype in ("torch.bfloat16", "torch.bfloat16", "torch.float32"):
+        library.warning("MatMul8bitLt: inputs will be cast from %s to float16", dtype)
+    library.info("MatMul8bitLt: inputs will be cast from %s to float16", "torch.bfloat16")
+    library.warning("another message")
+    own = logging.getLogger("optimizer_job.pipeline")
+    for _ in range(2):
+        own.info("the engine's own line, %s", "again")
+    lines = json_lines(capsys.readouterr().err)
+    messages = [(ln["level"], ln["msg"]) for ln in lines]
+    assert messages == [
+        ("warning", "MatMul8bitLt: inputs will be cast from torch.bfloat16 to float16"),
+        ("info", "MatMul8bitLt: inputs will be cast from torch.bfloat16 to float16"),
+        ("warning", "another message"),
+        ("info", "the engine's own line, again"),
+        ("info", "the engine's own line, again"),
+    ]
