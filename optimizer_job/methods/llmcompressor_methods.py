@@ -18,7 +18,7 @@ from typing import Any
 
 from kubequant_api.constants import Task
 from optimizer_job import loading
-from optimizer_job.heap import slack_for, trimming_heap
+from optimizer_job.heap import trimming_heap
 from optimizer_job.methods._common import (
     finish_artifact,
     library_errors,
@@ -181,12 +181,13 @@ class _LlmCompressor(QuantizationMethod):
 
         # A session of its own: the global one would keep the model (and what the modifiers
         # hold) alive after the save, through the artifact's evaluation and the next candidate.
-        slack = slack_for(loading.weights_size(request.source_dir))
         with create_session(), _fx_wraps_dropped():
             with (
                 library_errors(self.name, "calibration and quantization"),
                 timed(self.name, "oneshot"),
-                trimming_heap(slack),
+                # The smallest slack (optimizer_job.heap): calibration frees a module's
+                # temporaries, not a model's worth of tensors, and its time is compute.
+                trimming_heap(),
             ):
                 from llmcompressor.entrypoints.oneshot import oneshot
 
@@ -206,7 +207,7 @@ class _LlmCompressor(QuantizationMethod):
             with (
                 library_errors(self.name, "saving"),
                 timed(self.name, "save"),
-                trimming_heap(slack),
+                trimming_heap(),
             ):
                 model.save_pretrained(str(request.out_dir), save_compressed=True)
         _drop_tensors(model)
