@@ -2,8 +2,8 @@
 
 The 0.1B synthetic Llama checkpoint (212 MB of bf16 safetensors, built once and cached:
 :mod:`tests.performance.synthetic`) goes through ``python -m optimizer_job run -f manifest``
-in a subprocess with torchao-int8-weight. The parent samples the child's VmHWM/VmRSS (and
-takes its ``ru_maxrss``) as the growth benchmark does, and subtracts the VmHWM of a process
+in a subprocess with torchao-int8-weight. The parent samples the child's VmHWM/VmRSS as the
+growth benchmark does, and subtracts the VmHWM of a process
 that only makes the engine's imports for the method. What is left is what the run itself
 needed: the model, evaluation's buffers and the quantization. Its anonymous memory must stay
 under ``ANON_BOUND`` and its whole RSS under ``RSS_BOUND`` times the checkpoint's bytes (why

@@ -6,11 +6,12 @@ engine's real CLI (``python -m optimizer_job run -f manifest --results file``), 
 process per cell, for torchao-int8-weight, bnb-int8 and gptq. Per cell:
 
 - **peak RSS above the post-import baseline / bf16 checkpoint bytes** (goal <= 1.3). The
-  parent samples the child's ``/proc/<pid>/status`` (VmHWM and VmRSS, every 5 ms) and takes
-  the child's ``ru_maxrss`` from ``wait4``: the engine resets its own high-water mark
-  (``/proc/self/clear_refs``) around each measurement, so the final VmHWM alone would miss
-  earlier peaks. The baseline is the VmHWM of a process that only imports what the engine
-  imports for that method (the CLI, the pipeline, ``preload_runtime(method)``) and exits.
+  parent samples the child's ``/proc/<pid>/status`` (VmHWM and VmRSS, every 5 ms): the
+  engine resets its own high-water mark (``/proc/self/clear_refs``) around each measurement,
+  so the final VmHWM alone would miss earlier peaks. ``wait4``'s ``ru_maxrss`` is used only
+  if nothing was sampled: Linux carries the parent's high-water mark into it. The baseline
+  is the VmHWM of a process that only imports what the engine imports for that method (the
+  CLI, the pipeline, ``preload_runtime(method)``) and exits.
 - **wall time per billion parameters** (goal: the largest size within 1.5x of the smallest),
   of the whole run less the import-only process' wall time ("work"), and of the quantize
   step alone (from the engine's ``stage Quantizing`` to ``stage Evaluating`` log lines: the
