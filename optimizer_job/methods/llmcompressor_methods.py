@@ -3,14 +3,18 @@ archived auto-gptq).
 
 Both calibrate on the request's texts, quantize every ``Linear`` but the LM head, and save a
 compressed-tensors checkpoint (``save_compressed=True``): the files on disk hold the packed
-low-bit weights. transformers reloads it with plain ``from_pretrained``; on CPU the
-compressed-tensors integration decompresses the weights into ordinary fp32 ``Linear``
-layers, which is what evaluation runs (the on-disk size is still the compressed one).
+low-bit weights. The model is calibrated offloaded to disk (:func:`load_offloaded`): no
+device, the host included, holds the model whole (one decoder layer is onloaded at a time).
+transformers reloads the artifact with plain ``from_pretrained``; on CPU the
+compressed-tensors integration decompresses the weights into ordinary ``Linear`` layers,
+which is what evaluation runs (the on-disk size is still the compressed one).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any
 from kubequant_api.constants import Task
 from optimizer_job import loading
 from optimizer_job.heap import trimming_heap
+from optimizer_job.loading import remote_code
 from optimizer_job.methods._common import (
     finish_artifact,
     library_errors,
@@ -34,10 +39,17 @@ from optimizer_job.methods.base import (
     QuantizeRequest,
     register,
 )
-from optimizer_job.streamed import load_streamed
+from optimizer_job.streamed import load_streamed, shard_files
 
 CALIBRATION_FIELD = "spec.calibration"
 GROUP_SIZE_FIELD = "spec.params.groupSize"
+
+# The saved artifact's shards: a 16th of the source checkpoint, within 32 MiB-5 GiB.
+# transformers saves an offloaded model shard by shard, reading back from disk only the
+# tensors of the shard it writes, so the shard size bounds the save's memory.
+SAVE_SHARD_DIVISOR = 16
+SAVE_SHARD_MIN_BYTES = 32 * 1024**2
+SAVE_SHARD_MAX_BYTES = 5 * 1024**3
 
 
 def _calibration_dataset(
@@ -129,6 +141,34 @@ def _fx_wraps_dropped() -> Iterator[None]:
                 del registry[key]
 
 
+def save_shard_bytes(checkpoint_bytes: int) -> int:
+    """``max_shard_size`` of the artifact of a ``checkpoint_bytes`` source."""
+    scaled = checkpoint_bytes // SAVE_SHARD_DIVISOR
+    return min(max(scaled, SAVE_SHARD_MIN_BYTES), SAVE_SHARD_MAX_BYTES)
+
+
+def load_offloaded(task: Task, source_dir: Path, dtype: Any, folder: Path) -> Any | None:
+    """The model with every weight left on disk, or None when it cannot be (the weights are
+    not safetensors, or the model ships its own code).
+
+    compressed-tensors' offloading (``load_offloaded_model``, ``device_map={"": "disk"}``)
+    keeps each tensor where it is, a key in a source shard, and holds a meta tensor in its
+    place; llm-compressor's sequential pipeline onloads one decoder layer to the device
+    (the accelerator, or the host), calibrates it, and writes the quantized weights back as
+    new files under ``folder``. Nothing holds the whole model: measured at 0.1B on CPU, the
+    calibration and save peaked at 1.1x the checkpoint above the imports against 1.7x with
+    the model on the host, and the saved artifact was byte-identical."""
+    if remote_code(source_dir) or shard_files(source_dir) is None:
+        return None
+    from compressed_tensors.offload import load_offloaded_model
+
+    cls = loading.auto_class(task)
+    with load_offloaded_model(cls):
+        return cls.from_pretrained(
+            str(source_dir), dtype=dtype, device_map={"": "disk"}, offload_folder=str(folder)
+        )
+
+
 def _drop_tensors(model: Any) -> None:
     """Empty every parameter and buffer of a saved model in place.
 
@@ -160,20 +200,34 @@ class _LlmCompressor(QuantizationMethod):
         dataset = _calibration_dataset(
             tokenizer, request.calibration, request.sequence_length, self.name
         )
-        # On the host in the checkpoint's dtype, never whole on one device: oneshot's
-        # "independent" pipeline gives each modifier the pipeline it infers, "sequential" for
-        # GPTQ and AWQ, which onloads one decoder layer at a time to the accelerator and keeps
-        # the rest of the model, and the activations between layers, on the host.
-        # Streamed (optimizer_job.streamed): calibration replaces every Linear's weight, and a
-        # weight that was a view into a mapped shard would leave the shard's pages resident
-        # beside its replacement.
+        # In the checkpoint's dtype, never whole on one device: oneshot's "independent"
+        # pipeline gives each modifier the pipeline it infers, "sequential" for GPTQ and AWQ,
+        # which onloads one decoder layer at a time to the accelerator (or the host) and keeps
+        # the activations between layers on the host; the weights wait on disk, in the source
+        # shards and then in this folder (next to the artifact's, on the work volume).
+        offload = Path(tempfile.mkdtemp(prefix="offload-", dir=request.out_dir.parent))
+        try:
+            return self._calibrate(request, task, tokenizer, dataset, offload)
+        finally:
+            shutil.rmtree(offload, ignore_errors=True)
+
+    def _calibrate(
+        self, request: QuantizeRequest, task: Task, tokenizer: Any, dataset: Any, offload: Path
+    ) -> ArtifactInfo:
         with library_errors(self.name, "loading the model"):
-            model = load_streamed(
-                task,
-                request.source_dir,
-                dtype=source_dtype(request),
-                trust_remote_code=request.trust_remote_code,
-            )
+            dtype = source_dtype(request)
+            model = load_offloaded(task, request.source_dir, dtype, offload)
+            offloaded = model is not None
+            if model is None:
+                # On the host, streamed (optimizer_job.streamed): calibration replaces every
+                # Linear's weight, and a weight that was a view into a mapped shard would
+                # leave the shard's pages resident beside its replacement.
+                model = load_streamed(
+                    task,
+                    request.source_dir,
+                    dtype=dtype,
+                    trust_remote_code=request.trust_remote_code,
+                )
         _check_group_size(model, self._group_size(request.params))
         ignore = _head_names(model)
         request.progress(15)
@@ -209,8 +263,13 @@ class _LlmCompressor(QuantizationMethod):
                 timed(self.name, "save"),
                 trimming_heap(),
             ):
-                model.save_pretrained(str(request.out_dir), save_compressed=True)
-        _drop_tensors(model)
+                model.save_pretrained(
+                    str(request.out_dir),
+                    save_compressed=True,
+                    max_shard_size=save_shard_bytes(loading.weights_size(request.source_dir)),
+                )
+        if not offloaded:  # an offloaded model holds meta tensors: nothing to empty
+            _drop_tensors(model)
         release(model)
         del model
         return finish_artifact(
