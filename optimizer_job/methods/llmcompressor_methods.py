@@ -16,7 +16,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -239,9 +239,12 @@ class _LlmCompressor(QuantizationMethod):
             with (
                 library_errors(self.name, "calibration and quantization"),
                 timed(self.name, "oneshot"),
-                # The smallest slack (optimizer_job.heap): calibration frees a module's
-                # temporaries, not a model's worth of tensors, and its time is compute.
-                trimming_heap(),
+                # On the host, the smallest slack (optimizer_job.heap): calibration frees a
+                # module's temporaries, not a model's worth of tensors. Offloaded, no trim:
+                # each layer's onload reuses the last one's freed pages (measured at 0.5B:
+                # 0.41x the checkpoint without trims, 0.28x with, 16% slower; the run's
+                # peak is the original model's measurement, 1.0x).
+                nullcontext() if offloaded else trimming_heap(),
             ):
                 from llmcompressor.entrypoints.oneshot import oneshot
 
