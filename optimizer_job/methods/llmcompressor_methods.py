@@ -23,7 +23,6 @@ from typing import Any
 from kubequant_api.constants import Task
 from optimizer_job import loading
 from optimizer_job.heap import trimming_heap
-from optimizer_job.loading import remote_code
 from optimizer_job.methods._common import (
     finish_artifact,
     library_errors,
@@ -158,7 +157,7 @@ def load_offloaded(task: Task, source_dir: Path, dtype: Any, folder: Path) -> An
     new files under ``folder``. Nothing holds the whole model: measured at 0.1B on CPU, the
     calibration and save peaked at 1.1x the checkpoint above the imports against 1.7x with
     the model on the host, and the saved artifact was byte-identical."""
-    if remote_code(source_dir) or shard_files(source_dir) is None:
+    if loading.remote_code(source_dir) or shard_files(source_dir) is None:
         return None
     from compressed_tensors.offload import load_offloaded_model
 
