@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Final
 
 from kubequant_api.constants import Task
 from optimizer_job import loading, native_extensions
+from optimizer_job.alignment import align_safetensors
 from optimizer_job.methods._common import (
     device_map,
     finish_artifact,
@@ -121,6 +122,10 @@ class _Quanto(QuantizationMethod):
         request.progress(70)
         with library_errors(self.name, "saving"), timed(self.name, "save"):
             wrapped.save_pretrained(str(request.out_dir))
+            # quanto's loader maps the file: its int8 matmul on CPU segfaults on a weight
+            # that is not 16-byte aligned (optimizer_job/alignment.py)
+            for shard in sorted(request.out_dir.glob("*.safetensors")):
+                align_safetensors(shard)
             refuse_plain_loading(request.out_dir, self.weights, task)
         release(model, wrapped)
         del model, wrapped

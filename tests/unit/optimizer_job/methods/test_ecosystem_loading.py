@@ -27,6 +27,7 @@ import pytest
 from kubequant_api.constants import MODEL_CARD_FILE, Task
 from kubequant_api.models import Result
 from optimizer_job import artifact, modeling
+from optimizer_job.alignment import misaligned
 
 from .conftest import Built, cosine, mean_pooled, private_copy, report
 from .test_causal_methods import CAUSAL_BOUNDS
@@ -234,3 +235,25 @@ def test_plain_from_pretrained_refuses_a_quanto_artifact(
         modeling.auto_class(task).from_pretrained(str(built.out_dir))
     config = json.loads((built.out_dir / "config.json").read_text())
     assert config["quantization_config"]["quant_library"] == "optimum-quanto"
+
+
+def test_a_bf16_quanto_int8_artifact_runs_in_a_fresh_process(
+    *,
+    tiny_lm_bf16_path: Path,
+    build_artifact: Callable[..., Built],
+    eval_texts: list[str],
+    reference_outputs: Callable[[Path, Task, list[str]], tuple[Any, Any, Any]],
+    tmp_path: Path,
+) -> None:
+    """bf16 activations take quanto's int8 matmul on CPU (``torch._weight_int8pack_mm``),
+    which segfaults on a weight that is not 16-byte aligned in the mapped file: every weight
+    matrix of the artifact is aligned, and the card's snippet runs it."""
+    built = private_copy(build_artifact("quanto-int8", tiny_lm_bf16_path, Task.CAUSAL_LM), tmp_path)
+    shards = sorted(built.out_dir.glob("*.safetensors"))
+    assert shards and all(misaligned(shard) == [] for shard in shards)
+    ids, mask, ref = reference_outputs(tiny_lm_bf16_path, Task.CAUSAL_LM, eval_texts)
+    outputs = run_card_snippet(built, Task.CAUSAL_LM, ids, mask, tmp_path)
+    argmax = np.asarray(outputs["argmax"])
+    top1 = float(((argmax == ref.argmax(-1)) & (mask == 1)).sum() / mask.sum())
+    report("quanto-int8 tiny-lm bf16 card snippet, fresh process", {"top1": round(top1, 4)})
+    assert top1 >= CAUSAL_BOUNDS["quanto-int8"][0]
