@@ -48,3 +48,17 @@ JOB_ENV: Final = (
 )
 """Every variable the operator may set on the engine container (the pushgateway URL only
 when one is configured)."""
+
+# Where a source's files land: s3:// and gs:// are downloaded into the work directory (an
+# emptyDir), hf:// into the hub cache (HF_HOME: the spec's cache claim, else an emptyDir);
+# file:// and pvc:// are read in place. What lands on an emptyDir takes the pod's ephemeral
+# storage, which the operator requests from a dry run's estimate.
+_DOWNLOADED_TO_WORK_DIR: Final = ("s3", "gs")
+
+
+def source_on_ephemeral_storage(uri: str, cache_pvc: str | None) -> bool:
+    """Whether a run's download of ``uri`` takes the pod's ephemeral storage."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme == "hf":
+        return not cache_pvc
+    return scheme in _DOWNLOADED_TO_WORK_DIR

@@ -96,7 +96,10 @@ class MethodSpec:
     needs_calibration: bool = False
     prefers_gpu: bool = False  # resources.gpu defaults to 1 when a planned method prefers one
     device_support: DeviceSupport = "any"  # where quantize() can run
-    expected_size_ratio: float = 0.5  # artifact bytes per fp32 byte, for dryRun estimates
+    # dryRun size estimates: artifact bytes per fp32 byte of the weights it quantizes (the
+    # matrices; embeddings and the LM head too when quantizes_embeddings, else kept as stored)
+    expected_size_ratio: float = 0.5
+    quantizes_embeddings: bool = False
     quantize_s_per_mparam: float = 0.05  # CPU seconds per million parameters (GPU: /10)
     runtime_modules: tuple[str, ...] = ()  # imported before the baseline is measured
 
@@ -372,7 +375,8 @@ for _spec in (
     ),
     MethodSpec(
         "onnx-int8", OnnxInt8Params, _ENGINE + "onnx_methods", device_support="cpu",
-        expected_size_ratio=0.26, quantize_s_per_mparam=0.3, runtime_modules=_ONNX,
+        expected_size_ratio=0.26, quantizes_embeddings=True, quantize_s_per_mparam=0.3,
+        runtime_modules=_ONNX,
     ),
 ):
     register_method(_spec)

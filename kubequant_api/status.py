@@ -308,8 +308,8 @@ class ModelOptimizationStatus(ApiModel):
         None,
         description="The plan of the last dry run (its status.result.plan), kept across "
         "generations until another dry run replaces it: for its model, its memory estimate "
-        "sizes later runs' Jobs when spec.resources.memory is unset, and an OOMKilled run "
-        "names it.",
+        "sizes later runs' Jobs when spec.resources.memory is unset, its disk estimate their "
+        "ephemeral-storage request, and an OOMKilled run names it.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     last_successful: RunSummary | None = Field(

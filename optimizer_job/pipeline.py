@@ -256,16 +256,19 @@ class Pipeline:
         return Prepared(setup, source_dir, task, gate, texts.calibration, inputs, source_bytes)
 
     def _state_fit(self, source_dir: Path) -> None:
-        """Say whether the run should fit its memory limit before any model loads (logged,
-        and status.result.plan.fit)."""
+        """Say whether the run should fit its memory limit and its work directory's free
+        space before any model loads (logged, and status.result.plan.fit)."""
         try:
-            fit = preflight.run_fit(source_dir, self.spec)
+            self.settings.work_dir.mkdir(parents=True, exist_ok=True)
+            fit = preflight.run_fit(source_dir, self.spec, self.settings.work_dir)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("no memory estimate for this model: %s", exc, extra=self.ctx.log_extra())
             return
         self.result.plan = {"fit": fit}
         level = logging.INFO if fit["fits"] else logging.WARNING
         log.log(level, "memory: %s", fit["summary"], extra=self.ctx.log_extra())
+        level = logging.INFO if fit["disk"]["fits"] else logging.WARNING
+        log.log(level, "disk: %s", fit["disk"]["summary"], extra=self.ctx.log_extra())
 
     def _encode(self, source_dir: Path, texts: list[str], task: Task, source_bytes: int) -> Inputs:
         """The evaluation texts tokenized once (the tokenizer is dropped before any model)."""

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from kubequant_api.constants import MODEL_FIELD, OUTPUT_FIELD, Task
 from kubequant_api.errors import InvalidSpecError, KubequantError
+from kubequant_api.jobenv import source_on_ephemeral_storage
 from kubequant_api.methods import method_spec
 from kubequant_api.models import ModelOptimizationSpec
 from optimizer_job.calibration import select_texts
@@ -49,13 +53,17 @@ def task_from_config(config: dict[str, Any]) -> Task:
     return Task.FEATURE_EXTRACTION
 
 
+# Token and position embeddings and the LM head: the methods keep them in the checkpoint's
+# dtype (GPTQ/AWQ ignore the head, bitsandbytes skips it, torchao and quanto quantize the
+# other Linear layers), except those whose table entry says ``quantizes_embeddings``
+# (ONNX Runtime's dynamic quantization of the Gather and MatMul nodes). No method quantizes
+# the 1-D tensors (norms, biases).
+_EMBEDDING_TENSOR: Final = re.compile(r"(^|\.)(embed[^.]*|wte|wpe|lm_head|embed_out|shared)(\.|$)")
+
+
 def count_parameters(probe: dict[str, Any]) -> tuple[int, str]:
     """Parameter count from safetensors headers, else estimated from config.json."""
-    total = 0
-    for header in probe.get("safetensors", {}).values():
-        for name, entry in header.items():
-            if name != "__metadata__" and isinstance(entry, dict):
-                total += math.prod(int(d) for d in entry.get("shape", []))
+    total = _header_counts(probe)[0]
     if total:
         return total, "safetensors headers"
     cfg = probe.get("config", {})
@@ -69,6 +77,68 @@ def count_parameters(probe: dict[str, Any]) -> tuple[int, str]:
         return estimate, "config.json"
     weights = sum(s for f, s in probe.get("files", {}).items() if f.endswith((".bin", ".pt")))
     return weights // 4, "weight file sizes (fp32 assumed)"
+
+
+def _header_counts(probe: dict[str, Any]) -> tuple[int, int, int]:
+    """(all parameters, embeddings and LM head, 1-D tensors) in the safetensors headers."""
+    total = embeddings = vectors = 0
+    for header in probe.get("safetensors", {}).values():
+        for name, entry in header.items():
+            if name == "__metadata__" or not isinstance(entry, dict):
+                continue
+            shape = [int(d) for d in entry.get("shape", [])]
+            count = math.prod(shape)
+            total += count
+            if len(shape) < 2:
+                vectors += count
+            elif _EMBEDDING_TENSOR.search(name):
+                embeddings += count
+    return total, embeddings, vectors
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """What the estimates need of a checkpoint."""
+
+    params: int
+    embeddings: int  # parameters of the embedding tables and the LM head
+    vectors: int  # parameters of 1-D tensors (norms, biases), which no method quantizes
+    stored: int  # bytes in the dtype loading uses
+    shard: int  # the largest safetensors file (the whole checkpoint when there is none)
+
+    @property
+    def fp32_bytes(self) -> int:
+        return self.params * 4
+
+    @property
+    def layer_bytes(self) -> int:
+        """Bytes, as stored, of all but the embeddings and the LM head."""
+        return self.stored * (self.params - self.embeddings) // self.params if self.params else 0
+
+    def expected_size(self, method: str) -> int:
+        """The artifact's bytes: the parameters the method quantizes at its ratio (artifact
+        bytes per fp32 byte), the others as stored."""
+        spec = method_spec(method)
+        kept = self.vectors + (0 if spec.quantizes_embeddings else self.embeddings)
+        kept_bytes = self.stored * kept // self.params if self.params else 0
+        return int((self.params - kept) * 4 * spec.expected_size_ratio) + kept_bytes
+
+
+def model_weights(probe: dict[str, Any]) -> ModelWeights:
+    """The checkpoint's parameters and bytes, from a probe of its files (without headers:
+    the embedding table config.json implies)."""
+    params, _ = count_parameters(probe)
+    total, embeddings, vectors = _header_counts(probe)
+    if not total:
+        cfg = probe.get("config", {})
+        hidden = int(cfg.get("hidden_size") or cfg.get("d_model") or cfg.get("n_embd") or 0)
+        embeddings, vectors = min(params, int(cfg.get("vocab_size") or 0) * hidden), 0
+    stored = params * _DTYPE_BYTES[_SAFETENSORS_NAMES[model_dtype(probe)]]
+    shard = max(
+        (size for rel, size in probe["files"].items() if rel.endswith(".safetensors")),
+        default=stored,
+    )
+    return ModelWeights(params, embeddings, vectors, stored, shard)
 
 
 def _error(field: str, exc: BaseException) -> dict[str, str]:
@@ -136,12 +206,10 @@ def build_plan(
         errors.append(_error("spec.evaluation.qualityGate", exc))
 
     dtype = model_dtype(probe)
-    stored = params * _DTYPE_BYTES[_SAFETENSORS_NAMES[dtype]]
-    shard = max(
-        (size for rel, size in probe["files"].items() if rel.endswith(".safetensors")),
-        default=stored,
-    )
+    weights = model_weights(probe)
+    stored = weights.stored
     plan["model"].update(dtype=dtype, weightsBytes=stored)
+    plan["model"].update(embeddingParameters=weights.embeddings, vectorParameters=weights.vectors)
     eval_tokens = min(
         spec.evaluation.max_tokens,
         spec.evaluation.samples * min(spec.calibration.sequence_length, 256),
@@ -158,16 +226,17 @@ def build_plan(
             row["reason"] = cand.incompatible.message
             if spec.method != "auto" or len(candidates) == 1:
                 errors.append(_error(cand.field, cand.incompatible))
-        expected = int(fp32_bytes * method.expected_size_ratio)
+        expected = weights.expected_size(cand.name)
         rate = method.quantize_s_per_mparam
         if device == "cuda":
             rate /= 10
         seconds = load_seconds + rate * params / 1e6 + eval_seconds
         row.update(
             expectedSizeBytes=expected,
-            expectedCompressionRatio=round(1 / method.expected_size_ratio, 2),
-            estimatedPeakMemoryBytes=candidate_peak(cand.name, params, stored, shard),
+            expectedCompressionRatio=round(fp32_bytes / expected, 2) if expected else None,
+            estimatedPeakMemoryBytes=candidate_peak(cand.name, weights),
             estimatedSeconds=round(seconds, 1),
+            estimatedDiskBytes=candidate_disk(cand.name, weights),
             needsCalibration=method.needs_calibration,
         )
         rows.append(row)
@@ -180,6 +249,10 @@ def build_plan(
     plan["estimatedPeakMemoryBytes"] = peak
     plan["estimatedSeconds"] = round(sum(r["estimatedSeconds"] for r in rows), 1)
     plan["fit"] = fit(peak, spec.resources.memory, spec.gpu_count())
+    downloaded = source_on_ephemeral_storage(spec.model.uri, spec.cache.pvc_name)
+    plan["disk"] = disk_needs(
+        rows, plan["source"]["sizeBytes"] if downloaded else 0, auto=spec.method == "auto"
+    )
     return plan
 
 
@@ -193,14 +266,14 @@ _UPCASTS: Final = ("onnx-",)
 _WHILE_LOADING_FACTOR: Final = 1.2
 
 
-def candidate_peak(name: str, params: int, stored: int, shard: int) -> int:
+def candidate_peak(name: str, weights: ModelWeights) -> int:
     """Peak memory of one candidate's run: the baseline (the model as stored plus one batch's
     logits), its quantize step, or its artifact reloaded and evaluated, plus the runtime."""
-    fp32_bytes = params * 4
-    expected = int(fp32_bytes * method_spec(name).expected_size_ratio)
+    expected = weights.expected_size(name)
+    stored = weights.stored
     phases = (
         stored + LOGITS_BUDGET_BYTES,
-        quantize_peak(name, stored, fp32_bytes, expected, shard),
+        quantize_peak(name, stored, weights.fp32_bytes, expected, weights.shard),
         expected + LOGITS_BUDGET_BYTES,
     )
     return int(max(phases) + _RUNTIME_OVERHEAD_BYTES)
@@ -213,6 +286,42 @@ def quantize_peak(method: str, stored: int, fp32_bytes: int, expected: int, shar
     if method.startswith(_UPCASTS):
         return 2 * fp32_bytes
     return stored + expected
+
+
+# Scratch disk (the work directory, an emptyDir in the Job) per candidate: its artifact; for
+# GPTQ/AWQ also the offload folder beside it, where the calibrated decoder layers are written
+# back layer by layer in the source dtype (the embeddings and head stay in the source shards;
+# measured on the 0.1B synthetic checkpoint: at most 115 MB of its 212 MB, the layers' 113 MB,
+# and 157.5 MB in all at the peak, artifact and offload folder together); for onnx-int8 the
+# fp32 export beside the int8 model.
+_OFFLOADS_TO_DISK: Final = ("gptq", "awq")
+
+
+def candidate_disk(name: str, weights: ModelWeights) -> int:
+    """Bytes one candidate's quantize step writes to the work directory at its peak."""
+    expected = weights.expected_size(name)
+    if name in _OFFLOADS_TO_DISK:
+        return expected + weights.layer_bytes
+    if name.startswith(_UPCASTS):
+        return expected + weights.fp32_bytes
+    return expected
+
+
+def disk_needs(rows: list[dict[str, Any]], source_bytes: int, *, auto: bool) -> dict[str, Any]:
+    """The run's ephemeral storage: the source's download when it lands on an emptyDir
+    (``source_bytes``), plus the largest candidate's working files and artifact, plus (a
+    search over several) the best artifact so far, the one other that stays staged."""
+    usable = [r for r in rows if r.get("compatible")] or rows
+    search = max((int(r["estimatedDiskBytes"]) for r in usable), default=0)
+    if auto and len(usable) > 1:
+        search += max(int(r["expectedSizeBytes"]) for r in usable)
+    needs = source_bytes + search
+    download = f"{_gib(source_bytes)} for the download" if source_bytes else "read in place"
+    summary = (
+        f"needs ~{_gib(needs)} of ephemeral storage (model {download}, "
+        f"{_gib(search)} for the artifacts and working files)"
+    )
+    return {"needsBytes": needs, "sourceBytes": source_bytes, "summary": summary}
 
 
 def model_dtype(probe: dict[str, Any]) -> str:
@@ -295,15 +404,33 @@ def local_probe(source_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_fit(source_dir: Path, spec: ModelOptimizationSpec) -> dict[str, Any]:
+def run_fit(source_dir: Path, spec: ModelOptimizationSpec, work_dir: Path) -> dict[str, Any]:
     """A run's fit, stated before anything loads: the peak of its candidates on the fetched
-    model against the container's memory limit (else spec.resources.memory)."""
-    probe = local_probe(source_dir)
-    params, _ = count_parameters(probe)
-    stored = params * _DTYPE_BYTES[_SAFETENSORS_NAMES[model_dtype(probe)]]
-    shard = max(
-        (size for rel, size in probe["files"].items() if rel.endswith(".safetensors")),
-        default=stored,
+    model against the container's memory limit (else spec.resources.memory), and under
+    ``disk`` what they will write against the space free in ``work_dir``."""
+    weights = model_weights(local_probe(source_dir))
+    peak = max(candidate_peak(p.name, weights) for p in spec.planned)
+    found = fit(peak, spec.resources.memory, spec.gpu_count(), container_memory_limit())
+    rows = [
+        {
+            "compatible": True,
+            "estimatedDiskBytes": candidate_disk(p.name, weights),
+            "expectedSizeBytes": weights.expected_size(p.name),
+        }
+        for p in spec.planned
+    ]
+    found["disk"] = disk_fit(
+        disk_needs(rows, 0, auto=spec.method == "auto")["needsBytes"], work_dir
     )
-    peak = max(candidate_peak(p.name, params, stored, shard) for p in spec.planned)
-    return fit(peak, spec.resources.memory, spec.gpu_count(), container_memory_limit())
+    return found
+
+
+def disk_fit(needs: int, work_dir: Path) -> dict[str, Any]:
+    """Whether ``needs`` bytes fit in the space free under ``work_dir`` (the source is
+    already there)."""
+    free = shutil.disk_usage(work_dir).free
+    fits = needs <= free
+    summary = f"needs ~{_gib(needs)} in {work_dir}, {_gib(free)} free"
+    if not fits:
+        summary += ": the run may fail writing its artifact"
+    return {"needsBytes": needs, "freeBytes": free, "fits": fits, "summary": summary}

@@ -324,7 +324,9 @@ def _volumes(spec: ModelOptimizationSpec) -> tuple[list[Manifest], list[Manifest
 
 # Sizing from a dry run's plan (status.preflight, of the same source), where the spec gives
 # no memory or GPU count: the estimate plus headroom, the GPUs it needs at ASSUMED_GPU_BYTES
-# each, and /dev/shm (a memory-backed emptyDir, counted in the limit) at SHM_PER_GPU per GPU.
+# each, and /dev/shm (a memory-backed emptyDir, counted in the limit) at SHM_PER_GPU per GPU;
+# ephemeral storage (the download, artifacts and GPTQ/AWQ's offload folder on the emptyDirs)
+# requested at the disk estimate plus the same headroom.
 # A dry run reads headers only: DRY_RUN_MEMORY and no GPU.
 DRY_RUN_MEMORY = "1Gi"
 ESTIMATE_HEADROOM = 1.25
@@ -340,6 +342,12 @@ def plan_estimate(obj: Mapping[str, Any], spec: ModelOptimizationSpec) -> int | 
     return found.peak_bytes if found is not None else None
 
 
+def plan_disk(obj: Mapping[str, Any], spec: ModelOptimizationSpec) -> int | None:
+    """The dry run's ephemeral-storage estimate (bytes) for this spec (None: none)."""
+    found = dry_run_estimate(obj.get("status"), spec)
+    return found.disk_bytes if found is not None else None
+
+
 def gpus_for(estimate: int) -> int:
     """GPUs of ASSUMED_GPU_BYTES (90% usable) that hold ``estimate`` bytes."""
     return max(1, min(GPU_MAX, math.ceil(estimate / (0.9 * ASSUMED_GPU_BYTES))))
@@ -351,9 +359,15 @@ def _gi(n: float) -> str:
 
 def sizing(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> dict[str, Any]:
     """The Job's memory, GPU count and /dev/shm size: the spec's, else from the estimate
-    (dry runs: DRY_RUN_MEMORY, no GPU), else the operator's defaults."""
+    (dry runs: DRY_RUN_MEMORY, no GPU), else the operator's defaults; its ephemeral storage
+    (``disk``, a request only) from the estimate, else none asked for."""
     if spec.dry_run:
-        return {"memory": spec.resources.memory or DRY_RUN_MEMORY, "gpus": 0, "shm": None}
+        return {
+            "memory": spec.resources.memory or DRY_RUN_MEMORY,
+            "gpus": 0,
+            "shm": None,
+            "disk": None,
+        }
     estimate = plan_estimate(obj, spec)
     gpus = spec.gpu_count()
     if estimate is not None and spec.resources.gpu is None and gpus > 0:
@@ -362,7 +376,13 @@ def sizing(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> 
     memory = spec.resources.memory or s.default_memory
     if estimate is not None and spec.resources.memory is None:
         memory = _gi(estimate * ESTIMATE_HEADROOM + (shm or 0))
-    return {"memory": memory, "gpus": gpus, "shm": _gi(shm) if shm else None}
+    disk = plan_disk(obj, spec)
+    return {
+        "memory": memory,
+        "gpus": gpus,
+        "shm": _gi(shm) if shm else None,
+        "disk": _gi(disk * ESTIMATE_HEADROOM) if disk else None,
+    }
 
 
 def _resources(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> Manifest:
@@ -371,6 +391,11 @@ def _resources(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings)
     memory = sized["memory"]
     limits: dict[str, str] = {"cpu": cpu, "memory": memory}
     requests: dict[str, str] = {"cpu": cpu, "memory": memory}
+    if sized["disk"]:
+        # A request, not a limit: the scheduler places the pod where the node has the room,
+        # and under disk pressure the kubelet evicts pods beyond their requests first; a
+        # limit would evict the run whenever the rough estimate is low.
+        requests["ephemeral-storage"] = sized["disk"]
     gpus = sized["gpus"]
     if gpus > 0:
         gpu_name = gpu_resource_name(obj, spec, s)

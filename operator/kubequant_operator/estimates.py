@@ -1,11 +1,14 @@
-"""The dry run's memory estimate, read in one place.
+"""The dry run's memory and disk estimates, read in one place.
 
 A run with ``spec.dryRun`` reports the preflight's plan in ``status.result.plan``; the
 operator keeps that plan in ``status.preflight`` across generations (a new generation clears
 ``status.result``), until another dry run replaces it. The estimate sizes a later run's Job
 when the spec gives no memory (:mod:`.builders`) and is named when the engine is OOMKilled
 (:mod:`.failures`). It applies only to the same model (the plan's source URI, credentials
-removed) and, when the plan has a row for it, to the spec's method.
+removed) and, when the plan has a row for it, to the spec's method. The disk estimate
+(ephemeral storage) adds the source's download when the spec puts it on an emptyDir
+(``kubequant_api.jobenv.source_on_ephemeral_storage``: the spec's cache claim may have changed
+since the dry run).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubequant_api.jobenv import source_on_ephemeral_storage
 from kubequant_api.models import ModelOptimizationSpec
 
 _USERINFO = re.compile(r"^([A-Za-z0-9+.-]+://)[^/\s@]+@")
@@ -25,6 +29,7 @@ class Estimate:
     peak_bytes: int
     method: str
     source: str
+    disk_bytes: int | None = None  # ephemeral storage (None: a plan from before disk estimates)
 
 
 def dry_run_plan(status: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -59,9 +64,28 @@ def dry_run_estimate(
         return None
     method = str(spec.method)
     estimate = plan.get("estimatedPeakMemoryBytes")
+    found = plan.get("disk")
+    disk: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    working = _bytes(disk.get("needsBytes"))
+    if working is not None:
+        working -= _bytes(disk.get("sourceBytes")) or 0
     for row in plan.get("candidates") or []:
         if isinstance(row, Mapping) and row.get("method") == method:
             estimate = row.get("estimatedPeakMemoryBytes")
-    if not isinstance(estimate, int | float) or isinstance(estimate, bool) or estimate <= 0:
+            working = _bytes(row.get("estimatedDiskBytes"))
+    peak = _bytes(estimate)
+    if not peak:
         return None
-    return Estimate(int(estimate), method, source)
+    disk_bytes = None
+    if working is not None:
+        size = _bytes((plan.get("source") or {}).get("sizeBytes")) or 0
+        downloaded = source_on_ephemeral_storage(spec.model.uri, spec.cache.pvc_name)
+        disk_bytes = working + (size if downloaded else 0)
+    return Estimate(peak, method, source, disk_bytes)
+
+
+def _bytes(value: Any) -> int | None:
+    """A byte count from a plan (a non-negative number), else None."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        return None
+    return int(value)

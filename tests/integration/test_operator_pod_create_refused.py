@@ -108,9 +108,11 @@ async def test_oom_fails_at_once_naming_the_limit_and_the_preflight_estimate(
                 "method": "torchao-int8-weight",
                 "compatible": True,
                 "estimatedPeakMemoryBytes": 3_328_599_654,
+                "estimatedDiskBytes": 5_000_000_000,
             }
         ],
         "estimatedPeakMemoryBytes": 3_328_599_654,
+        "disk": {"needsBytes": 5_000_000_000, "sourceBytes": 0},
     }
     # generation 1: a dry run, whose plan holds the preflight's memory estimate
     h.cluster.outcomes["oom-g1-*"] = Outcome(message=summary_for(1, plan=plan))
@@ -139,6 +141,10 @@ async def test_oom_fails_at_once_naming_the_limit_and_the_preflight_estimate(
         if any(c["type"] == "Failed" for c in job["status"].get("conditions") or []):
             break
         await asyncio.sleep(0.1)
+    # the plan's disk estimate (+25%) reached the API server as an ephemeral-storage request
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["ephemeral-storage"] == "6Gi"
+    assert "ephemeral-storage" not in resources["limits"]
     failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "PodFailurePolicy"
     assert job["spec"]["backoffLimit"] == 3

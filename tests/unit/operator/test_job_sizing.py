@@ -88,3 +88,43 @@ def test_a_dry_run_job_asks_for_no_gpu_and_little_memory() -> None:
     assert "sizeLimit" not in shm
     resources, _ = _pod(make_object(spec=_spec(dryRun=True, resources={"memory": "2Gi"})))
     assert resources["limits"]["memory"] == "2Gi"
+
+
+def _disk_plan(uri: str = MODEL) -> dict[str, Any]:
+    status = _plan(10 * GIB, uri)
+    plan = status["result"]["plan"]
+    plan["source"]["sizeBytes"] = 140 * GIB  # the weights the run downloads
+    plan["candidates"][0]["estimatedDiskBytes"] = 180 * GIB  # gptq: artifact + offload folder
+    plan["candidates"][1]["estimatedDiskBytes"] = 100 * GIB
+    plan["disk"] = {"needsBytes": 340 * GIB, "sourceBytes": 140 * GIB}
+    return status
+
+
+def test_the_disk_estimate_is_requested_as_ephemeral_storage_and_never_limited() -> None:
+    # hf:// with no cache claim: the download lands on the cache emptyDir, beside the work
+    # directory's artifact and offload folder; x1.25 headroom
+    resources, _ = _pod(make_object(spec=_spec(), status=_disk_plan()))
+    assert resources["requests"]["ephemeral-storage"] == "400Gi"  # (180 + 140) x 1.25
+    assert "ephemeral-storage" not in resources["limits"]
+    # with a cache claim the download takes none of it
+    cached = make_object(spec=_spec(cache={"pvcName": "hub-cache"}), status=_disk_plan())
+    resources, _ = _pod(cached)
+    assert resources["requests"]["ephemeral-storage"] == "225Gi"  # 180 x 1.25
+    # a pvc:// model is read in place
+    uri = "pvc://models/llama"
+    local = make_object(spec=_spec(model={"uri": uri, "task": "causal-lm"}), status=_disk_plan(uri))
+    assert _pod(local)[0]["requests"]["ephemeral-storage"] == "225Gi"
+    # a method with no row of its own: the plan's search less its download, plus the download
+    other = make_object(spec=_spec(method="torchao-int8-weight"), status=_disk_plan())
+    assert _pod(other)[0]["requests"]["ephemeral-storage"] == "425Gi"  # (200 + 140) x 1.25
+
+
+def test_no_disk_estimate_asks_for_no_ephemeral_storage() -> None:
+    for obj in (
+        make_object(spec=_spec(), status=_plan(10 * GIB)),  # a plan from before disk estimates
+        make_object(spec=_spec()),  # no dry run
+        make_object(spec=_spec(dryRun=True), status=_disk_plan()),  # a dry run writes nothing
+    ):
+        resources, _ = _pod(obj)
+        assert "ephemeral-storage" not in resources["requests"]
+        assert "ephemeral-storage" not in resources["limits"]

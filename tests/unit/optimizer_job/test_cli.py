@@ -13,6 +13,7 @@ import pytest
 from kubequant_api.constants import ARTIFACT_META_FILE, COMPLETE_MARKER, MODEL_CARD_FILE
 from kubequant_api.models import Result
 from optimizer_job import artifact
+from optimizer_job.preflight import local_probe, model_weights
 from tests.fixtures.storage import EngineEnv, run_engine, write_manifest
 
 REPO = Path(__file__).resolve().parents[3]
@@ -53,6 +54,10 @@ def test_example_runs_locally_and_writes_a_measured_artifact(
         result.original_size_bytes / result.optimized_size_bytes, rel=1e-3
     )
     assert result.compression_ratio is not None and result.compression_ratio > 1.3
+    # the run's own plan (status.result.plan.fit) and a dry run expect this size: MiniLM's
+    # embeddings, half its parameters, stay fp32 (measured 58.7 MB expected 59.4 MB)
+    expected = model_weights(local_probe(minilm_path)).expected_size("torchao-int8-weight")
+    assert expected == pytest.approx(result.optimized_size_bytes, rel=0.05)
     # int8 weights keep MiniLM's embeddings (~0.9996, docs/findings.md); the 0.99 gate passes.
     assert result.cosine_similarity is not None and 0.99 < result.cosine_similarity <= 1.0
     assert result.quality_gate == "Passed"
@@ -138,10 +143,19 @@ def test_dry_run_reports_a_plan_and_writes_nothing(
     assert 22_000_000 < plan["model"]["parameters"] < 23_500_000
     int8, gptq = plan["candidates"]
     assert int8["method"] == "torchao-int8-weight" and int8["compatible"] is True
-    assert int8["expectedSizeBytes"] == int(plan["model"]["parameters"] * 4 * 0.27)
+    # the matrices at int8's ratio, the embeddings and norms as stored (fp32)
+    params = plan["model"]["parameters"]
+    kept = plan["model"]["embeddingParameters"] + plan["model"]["vectorParameters"]
+    assert 0.4 < kept / params < 0.6  # MiniLM's 30522 x 384 word embeddings
+    assert int8["expectedSizeBytes"] == int((params - kept) * 4 * 0.27) + kept * 4
     assert int8["estimatedPeakMemoryBytes"] > plan["model"]["parameters"] * 8
     assert int8["estimatedSeconds"] > 0
     assert gptq["compatible"] is False and "feature-extraction" in gptq["reason"]
+    # disk: the model is read in place, and of the two candidates only one can run
+    assert int8["estimatedDiskBytes"] == int8["expectedSizeBytes"]
+    assert gptq["estimatedDiskBytes"] > gptq["expectedSizeBytes"]  # its offload folder
+    assert plan["disk"]["sourceBytes"] == 0
+    assert plan["disk"]["needsBytes"] == int8["estimatedDiskBytes"]
     assert not out.exists(), "a dry run writes nothing at the output"
 
 

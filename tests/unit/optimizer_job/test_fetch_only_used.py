@@ -380,7 +380,15 @@ def test_an_s3_dry_run_reads_no_weight_bytes(
         HF_HUB_OFFLINE="1",
     )
     document = _dry_run("s3://models/tiny", tmp_path, env)
-    assert document["result"]["plan"]["model"]["dtype"] == "bfloat16"
+    plan = document["result"]["plan"]
+    assert plan["model"]["dtype"] == "bfloat16"
+    # the run will download every file into the work directory, beside its artifact: the
+    # Job's ephemeral storage is sized from this
+    downloaded = sum(p.stat().st_size for p in tiny_bf16.iterdir())
+    (row,) = plan["candidates"]
+    assert plan["disk"]["sourceBytes"] == plan["source"]["sizeBytes"] == downloaded
+    assert plan["disk"]["needsBytes"] == downloaded + row["estimatedDiskBytes"]
+    assert row["estimatedDiskBytes"] == row["expectedSizeBytes"]
     shards = sorted(p.name for p in tiny_bf16.glob("*.safetensors"))
     read = {k.rsplit("/", 1)[-1]: v for k, v in log.sent.items() if v}
     assert set(read) == {"config.json", *shards}, read

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from kubequant_api.constants import COMPLETE_MARKER
-from optimizer_job.preflight import count_parameters, task_from_config
+from kubequant_api.methods import method_spec
+from kubequant_api.models import parse_spec
+from optimizer_job.preflight import (
+    ModelWeights,
+    candidate_disk,
+    count_parameters,
+    disk_fit,
+    disk_needs,
+    run_fit,
+    task_from_config,
+)
 from tests.fixtures.storage import EngineEnv, run_engine, write_manifest
 
 
@@ -56,3 +67,52 @@ def test_dry_run_lists_every_problem(
     assert plan["source"]["reachable"] is True
     assert plan["candidates"][0]["compatible"] is False
     assert sorted(p.name for p in out.iterdir()) == [COMPLETE_MARKER]  # untouched
+
+
+def test_disk_estimates_per_method_and_for_a_search() -> None:
+    # 1B parameters in bf16: 0.2B embeddings and LM head, 1M in norms
+    weights = ModelWeights(10**9, 2 * 10**8, 10**6, stored=2 * 10**9, shard=5 * 10**8)
+    int8 = candidate_disk("torchao-int8-weight", weights)
+    ratio = method_spec("torchao-int8-weight").expected_size_ratio
+    kept = 2 * 10**8 + 10**6
+    assert (
+        int8
+        == weights.expected_size("torchao-int8-weight")
+        == int((10**9 - kept) * 4 * ratio) + 2 * kept
+    )
+    gptq = weights.expected_size("gptq")
+    # + the offload folder: the decoder layers, 0.8B parameters in bf16
+    assert candidate_disk("gptq", weights) == gptq + 16 * 10**8
+    # ONNX Runtime quantizes the embeddings too; its fp32 export sits beside the int8 model
+    onnx = weights.expected_size("onnx-int8")
+    ratio = method_spec("onnx-int8").expected_size_ratio
+    assert onnx == int((10**9 - 10**6) * 4 * ratio) + 2 * 10**6
+    assert candidate_disk("onnx-int8", weights) == onnx + 4 * 10**9
+    rows = [
+        {"compatible": True, "estimatedDiskBytes": 300, "expectedSizeBytes": 100},
+        {"compatible": True, "estimatedDiskBytes": 150, "expectedSizeBytes": 150},
+        {"compatible": False, "estimatedDiskBytes": 900, "expectedSizeBytes": 900},
+    ]
+    # one method: its own; a search: the largest, plus the best artifact kept meanwhile
+    assert disk_needs(rows[:1], 0, auto=False)["needsBytes"] == 300
+    searched = disk_needs(rows, 50, auto=True)
+    assert searched["needsBytes"] == 50 + 300 + 150
+    assert searched["sourceBytes"] == 50
+    assert "for the download" in searched["summary"]
+    assert "read in place" in disk_needs(rows, 0, auto=True)["summary"]
+
+
+def test_a_run_states_its_disk_against_the_free_space(minilm_path: Path, tmp_path: Path) -> None:
+    spec = parse_spec(
+        {
+            "model": {"uri": f"file://{minilm_path}"},
+            "method": "torchao-int8-weight",
+            "output": {"uri": f"file://{tmp_path / 'out'}"},
+        }
+    )
+    found = run_fit(minilm_path, spec, tmp_path)
+    disk = found["disk"]
+    assert disk["freeBytes"] == shutil.disk_usage(tmp_path).free
+    assert 0 < disk["needsBytes"] < disk["freeBytes"] and disk["fits"] is True
+    assert disk["summary"].startswith(f"needs ~0.1 GiB in {tmp_path}")
+    assert disk_fit(2 * disk["freeBytes"] + 1, tmp_path)["fits"] is False
