@@ -260,7 +260,9 @@ class Pipeline:
         space before any model loads (logged, and status.result.plan.fit)."""
         try:
             self.settings.work_dir.mkdir(parents=True, exist_ok=True)
-            fit = preflight.run_fit(source_dir, self.spec, self.settings.work_dir)
+            fit = preflight.run_fit(
+                source_dir, self.spec, self.settings.work_dir, self.settings.resolved_device()
+            )
         except (OSError, ValueError, KeyError) as exc:
             log.warning("no memory estimate for this model: %s", exc, extra=self.ctx.log_extra())
             return

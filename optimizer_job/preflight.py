@@ -105,6 +105,7 @@ class ModelWeights:
     vectors: int  # parameters of 1-D tensors (norms, biases), which no method quantizes
     stored: int  # bytes in the dtype loading uses
     shard: int  # the largest safetensors file (the whole checkpoint when there is none)
+    offloadable: bool = True  # safetensors and no code of its own: GPTQ/AWQ leave it on disk
 
     @property
     def fp32_bytes(self) -> int:
@@ -134,11 +135,12 @@ def model_weights(probe: dict[str, Any]) -> ModelWeights:
         hidden = int(cfg.get("hidden_size") or cfg.get("d_model") or cfg.get("n_embd") or 0)
         embeddings, vectors = min(params, int(cfg.get("vocab_size") or 0) * hidden), 0
     stored = params * _DTYPE_BYTES[_SAFETENSORS_NAMES[model_dtype(probe)]]
-    shard = max(
-        (size for rel, size in probe["files"].items() if rel.endswith(".safetensors")),
-        default=stored,
+    shards = [size for rel, size in probe["files"].items() if rel.endswith(".safetensors")]
+    cfg = probe.get("config", {})
+    offloadable = bool(shards) and not (isinstance(cfg, dict) and cfg.get("auto_map"))
+    return ModelWeights(
+        params, embeddings, vectors, stored, max(shards, default=stored), offloadable
     )
-    return ModelWeights(params, embeddings, vectors, stored, shard)
 
 
 def _error(field: str, exc: BaseException) -> dict[str, str]:
@@ -234,7 +236,7 @@ def build_plan(
         row.update(
             expectedSizeBytes=expected,
             expectedCompressionRatio=round(fp32_bytes / expected, 2) if expected else None,
-            estimatedPeakMemoryBytes=candidate_peak(cand.name, weights),
+            estimatedPeakMemoryBytes=candidate_peak(cand.name, weights, device),
             estimatedSeconds=round(seconds, 1),
             estimatedDiskBytes=candidate_disk(cand.name, weights),
             needsCalibration=method.needs_calibration,
@@ -259,32 +261,41 @@ def build_plan(
 # Peak of quantize() per method family, beyond the baseline (which is freed before it):
 # quantize-while-loading (bitsandbytes, torchao) holds the quantized model plus the shard
 # being read, at least 1.2x the stored weights (docs/findings.md); onnx upcasts to fp32 and
-# exports (the graph holds a second copy); the others hold the model as stored while they
-# quantize it (quanto in place, llm-compressor on the host with one layer on the device).
+# exports (the graph holds a second copy); GPTQ/AWQ leave an offloadable model on disk and
+# hold a layer's calibration (measured on CPU: 0.40x the checkpoint at 0.5B, 0.30x at 1.5B;
+# 1.10x at 0.1B, where the process's fixed state weighs more), else hold it as stored while
+# they calibrate it, like quanto.
 _WHILE_LOADING: Final = ("bnb-", "torchao-")
 _UPCASTS: Final = ("onnx-",)
+_OFFLOADED: Final = ("gptq", "awq")
 _WHILE_LOADING_FACTOR: Final = 1.2
+_OFFLOADED_FACTOR: Final = 0.5
 
 
-def candidate_peak(name: str, weights: ModelWeights) -> int:
+def candidate_peak(name: str, weights: ModelWeights, device: str = "cpu") -> int:
     """Peak memory of one candidate's run: the baseline (the model as stored plus one batch's
-    logits), its quantize step, or its artifact reloaded and evaluated, plus the runtime."""
+    logits), its quantize step, or its artifact reloaded and evaluated, plus the runtime.
+    On the host a GPTQ/AWQ artifact is evaluated decompressed to the source dtype."""
     expected = weights.expected_size(name)
     stored = weights.stored
+    reloaded = stored if name in _OFFLOADED and not device.startswith("cuda") else expected
     phases = (
         stored + LOGITS_BUDGET_BYTES,
-        quantize_peak(name, stored, weights.fp32_bytes, expected, weights.shard),
-        expected + LOGITS_BUDGET_BYTES,
+        quantize_peak(name, weights, expected),
+        reloaded + LOGITS_BUDGET_BYTES,
     )
     return int(max(phases) + _RUNTIME_OVERHEAD_BYTES)
 
 
-def quantize_peak(method: str, stored: int, fp32_bytes: int, expected: int, shard: int) -> int:
+def quantize_peak(method: str, weights: ModelWeights, expected: int) -> int:
+    stored = weights.stored
     if method.startswith(_WHILE_LOADING):
         # measured on CPU (torchao int8, bf16 source): ~1.2x the stored weights
-        return max(expected + shard, int(_WHILE_LOADING_FACTOR * stored))
+        return max(expected + weights.shard, int(_WHILE_LOADING_FACTOR * stored))
     if method.startswith(_UPCASTS):
-        return 2 * fp32_bytes
+        return 2 * weights.fp32_bytes
+    if method in _OFFLOADED and weights.offloadable:
+        return int(_OFFLOADED_FACTOR * stored)
     return stored + expected
 
 
@@ -294,13 +305,10 @@ def quantize_peak(method: str, stored: int, fp32_bytes: int, expected: int, shar
 # measured on the 0.1B synthetic checkpoint: at most 115 MB of its 212 MB, the layers' 113 MB,
 # and 157.5 MB in all at the peak, artifact and offload folder together); for onnx-int8 the
 # fp32 export beside the int8 model.
-_OFFLOADS_TO_DISK: Final = ("gptq", "awq")
-
-
 def candidate_disk(name: str, weights: ModelWeights) -> int:
     """Bytes one candidate's quantize step writes to the work directory at its peak."""
     expected = weights.expected_size(name)
-    if name in _OFFLOADS_TO_DISK:
+    if name in _OFFLOADED and weights.offloadable:
         return expected + weights.layer_bytes
     if name.startswith(_UPCASTS):
         return expected + weights.fp32_bytes
@@ -404,12 +412,14 @@ def local_probe(source_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_fit(source_dir: Path, spec: ModelOptimizationSpec, work_dir: Path) -> dict[str, Any]:
+def run_fit(
+    source_dir: Path, spec: ModelOptimizationSpec, work_dir: Path, device: str = "cpu"
+) -> dict[str, Any]:
     """A run's fit, stated before anything loads: the peak of its candidates on the fetched
     model against the container's memory limit (else spec.resources.memory), and under
     ``disk`` what they will write against the space free in ``work_dir``."""
     weights = model_weights(local_probe(source_dir))
-    peak = max(candidate_peak(p.name, weights) for p in spec.planned)
+    peak = max(candidate_peak(p.name, weights, device) for p in spec.planned)
     found = fit(peak, spec.resources.memory, spec.gpu_count(), container_memory_limit())
     rows = [
         {

@@ -11,12 +11,15 @@ import pytest
 from kubequant_api.constants import COMPLETE_MARKER
 from kubequant_api.methods import method_spec
 from kubequant_api.models import parse_spec
+from optimizer_job.evaluation import LOGITS_BUDGET_BYTES
 from optimizer_job.preflight import (
     ModelWeights,
     candidate_disk,
+    candidate_peak,
     count_parameters,
     disk_fit,
     disk_needs,
+    model_weights,
     run_fit,
     task_from_config,
 )
@@ -116,3 +119,34 @@ def test_a_run_states_its_disk_against_the_free_space(minilm_path: Path, tmp_pat
     assert 0 < disk["needsBytes"] < disk["freeBytes"] and disk["fits"] is True
     assert disk["summary"].startswith(f"needs ~0.1 GiB in {tmp_path}")
     assert disk_fit(2 * disk["freeBytes"] + 1, tmp_path)["fits"] is False
+
+
+def test_gptq_and_awq_peak_at_the_model_as_stored_when_it_can_stay_on_disk() -> None:
+    weights = ModelWeights(10**9, 2 * 10**8, 10**6, stored=2 * 10**9, shard=5 * 10**8)
+    runtime = 512 * 2**20
+    logits = LOGITS_BUDGET_BYTES
+    for method in ("gptq", "awq"):
+        # offloaded, calibration holds a layer at a time: the peak is the baseline or the
+        # artifact decompressed on the host, each the stored weights plus a batch's logits
+        assert candidate_peak(method, weights) == 2 * 10**9 + logits + runtime
+        assert candidate_peak(method, weights, "cuda") == 2 * 10**9 + logits + runtime
+        # a model with its own code or .bin weights is calibrated on the host, whole
+        on_host = ModelWeights(10**9, 2 * 10**8, 10**6, 2 * 10**9, 2 * 10**9, offloadable=False)
+        expected = on_host.expected_size(method)
+        assert candidate_peak(method, on_host) == 2 * 10**9 + expected + runtime
+        assert candidate_disk(method, on_host) == expected  # and writes no offload folder
+
+
+def test_a_checkpoint_with_code_of_its_own_or_no_safetensors_is_not_offloadable() -> None:
+    header = {"w": {"dtype": "BF16", "shape": [64, 64], "data_offsets": [0, 8192]}}
+    probe = {
+        "files": {"model.safetensors": 8300},
+        "config": {"architectures": ["LlamaForCausalLM"]},
+        "safetensors": {"model.safetensors": header},
+    }
+    assert model_weights(probe).offloadable is True
+    custom = {**probe, "config": {"auto_map": {"AutoModelForCausalLM": "m.M"}}}
+    assert model_weights(custom).offloadable is False
+    cfg = {"hidden_size": 64, "num_hidden_layers": 1, "vocab_size": 10}
+    legacy = {"files": {"pytorch_model.bin": 10**6}, "config": cfg, "safetensors": {}}
+    assert model_weights(legacy).offloadable is False
