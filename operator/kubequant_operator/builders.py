@@ -376,7 +376,10 @@ def sizing(obj: Mapping[str, Any], spec: ModelOptimizationSpec, s: Settings) -> 
     memory = spec.resources.memory or s.default_memory
     if estimate is not None and spec.resources.memory is None:
         memory = _gi(estimate * ESTIMATE_HEADROOM + (shm or 0))
-    disk = plan_disk(obj, spec)
+    # Not under Kueue: a ClusterQueue admits only Jobs whose every requested resource it
+    # covers ("resource ephemeral-storage unavailable in ClusterQueue"), and most cover cpu,
+    # memory and GPUs alone.
+    disk = None if spec.queue_name else plan_disk(obj, spec)
     return {
         "memory": memory,
         "gpus": gpus,

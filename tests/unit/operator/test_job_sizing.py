@@ -124,6 +124,8 @@ def test_no_disk_estimate_asks_for_no_ephemeral_storage() -> None:
         make_object(spec=_spec(), status=_plan(10 * GIB)),  # a plan from before disk estimates
         make_object(spec=_spec()),  # no dry run
         make_object(spec=_spec(dryRun=True), status=_disk_plan()),  # a dry run writes nothing
+        # Kueue admits no Job asking for a resource its ClusterQueue does not cover
+        make_object(spec=_spec(queueName="team-a"), status=_disk_plan()),
     ):
         resources, _ = _pod(obj)
         assert "ephemeral-storage" not in resources["requests"]
