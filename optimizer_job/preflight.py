@@ -128,8 +128,8 @@ class ModelWeights:
 def model_weights(probe: dict[str, Any]) -> ModelWeights:
     """The checkpoint's parameters and bytes, from a probe of its files (without headers:
     the embedding table config.json implies)."""
-    params, _ = count_parameters(probe)
     total, embeddings, vectors = _header_counts(probe)
+    params = total or count_parameters(probe)[0]
     if not total:
         cfg = probe.get("config", {})
         hidden = int(cfg.get("hidden_size") or cfg.get("d_model") or cfg.get("n_embd") or 0)
