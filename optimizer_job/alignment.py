@@ -24,21 +24,21 @@ import struct
 from pathlib import Path
 from typing import Any, Final
 
+from optimizer_job.loading import read_safetensors_header
+
 ALIGNMENT: Final = 64
 _COPY_CHUNK: Final = 64 * 1024 * 1024
 _METADATA: Final = "__metadata__"
 
 
 def _read_header(path: Path) -> tuple[int, dict[str, Any]]:
-    with path.open("rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        return length, json.loads(fh.read(length))
+    found = read_safetensors_header(path)
+    if found is None:
+        raise ValueError(f"{path} is not a safetensors file")
+    return found
 
 
-def misaligned(path: Path, alignment: int = ALIGNMENT) -> list[str]:
-    """The tensors of ``path`` whose byte length is a multiple of ``alignment`` but whose
-    data does not start on such a boundary in the file."""
-    length, header = _read_header(path)
+def _misaligned(length: int, header: dict[str, Any], alignment: int) -> list[str]:
     start = 8 + length
     found = []
     for name, entry in header.items():
@@ -50,12 +50,18 @@ def misaligned(path: Path, alignment: int = ALIGNMENT) -> list[str]:
     return found
 
 
+def misaligned(path: Path, alignment: int = ALIGNMENT) -> list[str]:
+    """The tensors of ``path`` whose byte length is a multiple of ``alignment`` but whose
+    data does not start on such a boundary in the file."""
+    return _misaligned(*_read_header(path), alignment)
+
+
 def align_safetensors(path: Path, alignment: int = ALIGNMENT) -> bool:
     """Rewrite ``path`` in place (through a sibling temporary file) with every tensor whose
     length is a multiple of ``alignment`` aligned to it; False when it already was."""
-    if not misaligned(path, alignment):
-        return False
     length, header = _read_header(path)
+    if not _misaligned(length, header, alignment):
+        return False
     source_start = 8 + length
     tensors = [(name, entry) for name, entry in header.items() if name != _METADATA]
     tensors.sort(key=lambda item: item[1]["data_offsets"][0])

@@ -78,19 +78,31 @@ def weights_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in suffixes)
 
 
+# A safetensors header longer than this is not one (the format's own reader caps it too).
+SAFETENSORS_HEADER_MAX: Final = 100_000_000
+
+
+def read_safetensors_header(path: Path) -> tuple[int, dict[str, Any]] | None:
+    """(its length, the header) of a safetensors file, read without its tensors; None when
+    the first 8 bytes give no plausible length. OSError and ValueError pass through."""
+    with path.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        if not 0 < size < SAFETENSORS_HEADER_MAX:
+            return None
+        header = json.loads(fh.read(size))
+    return (size, header) if isinstance(header, dict) else None
+
+
 def safetensors_dtypes(model_dir: Path) -> dict[str, int]:
     """Bytes per floating-point dtype over the safetensors shards' headers (read only)."""
     counts: dict[str, int] = {}
     for path in sorted(model_dir.glob("*.safetensors")):
         try:
-            with path.open("rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                if not 0 < size < 100_000_000:
-                    continue
-                header = json.loads(fh.read(size))
+            found = read_safetensors_header(path)
         except (OSError, ValueError):
             continue
-        add_header_dtypes(header, counts)
+        if found is not None:
+            add_header_dtypes(found[1], counts)
     return counts
 
 

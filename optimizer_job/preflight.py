@@ -27,7 +27,7 @@ from kubequant_api.methods import method_spec
 from kubequant_api.models import ModelOptimizationSpec
 from optimizer_job.calibration import select_texts
 from optimizer_job.evaluation import LOGITS_BUDGET_BYTES, check_gate_fits_task
-from optimizer_job.loading import add_header_dtypes, dtype_from
+from optimizer_job.loading import add_header_dtypes, dtype_from, read_safetensors_header
 from optimizer_job.redact import redact
 from optimizer_job.search import PlannedRun, check_compatible
 from optimizer_job.settings import EngineSettings
@@ -402,9 +402,8 @@ def local_probe(source_dir: Path) -> dict[str, Any]:
     headers: dict[str, Any] = {}
     for name in files:
         if name.endswith(".safetensors"):
-            with (source_dir / name).open("rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                headers[name] = json.loads(fh.read(size)) if 0 < size < 100_000_000 else {}
+            found = read_safetensors_header(source_dir / name)
+            headers[name] = found[1] if found is not None else {}
     return {
         "files": files,
         "config": config if isinstance(config, dict) else {},

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from optimizer_job.storage import hf_files_to_fetch
+from tests.fixtures.models import save_bf16_copy
 from tests.fixtures.storage import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, free_port
 
 REPO = "kq-org/tiny-bf16"
@@ -131,15 +132,9 @@ def _hub_server(files: dict[str, bytes], log: HubLog) -> ThreadingHTTPServer:
 @pytest.fixture(scope="module")
 def tiny_bf16(tiny_lm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny LM in bf16, its weights split into two safetensors shards with an index."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    target = tmp_path_factory.mktemp("hub") / "tiny-bf16"
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_lm_path), dtype=torch.bfloat16)
-    model.save_pretrained(str(target), max_shard_size="3MB")
-    for path in tiny_lm_path.iterdir():
-        if path.is_file() and path.suffix != ".safetensors" and not (target / path.name).exists():
-            (target / path.name).write_bytes(path.read_bytes())
+    target = save_bf16_copy(
+        tiny_lm_path, tmp_path_factory.mktemp("hub") / "tiny-bf16", max_shard_size="3MB"
+    )
     assert len(list(target.glob("*.safetensors"))) >= 2
     return target
 
