@@ -34,24 +34,6 @@ def _host_reference(
     return float(-picked[valid].sum()), int(valid.sum()), arr.argmax(axis=-1)
 
 
-def _save_as(source: Path, target: Path, dtype: str) -> Path:
-    """The tiny LM re-saved in ``dtype`` (weights and config), tokenizer files copied."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=getattr(torch, dtype))
-    model.save_pretrained(str(target))
-    for path in source.iterdir():
-        if path.is_file() and path.suffix != ".safetensors" and not (target / path.name).exists():
-            shutil.copy2(path, target / path.name)
-    return target
-
-
-@pytest.fixture(scope="module")
-def tiny_lm_bf16(tiny_lm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save_as(tiny_lm_path, tmp_path_factory.mktemp("bf16") / "tiny-lm-bf16", "bfloat16")
-
-
 def _header_dtypes(model_dir: Path) -> set[str]:
     found: set[str] = set()
     for path in model_dir.glob("*.safetensors"):
@@ -63,20 +45,20 @@ def _header_dtypes(model_dir: Path) -> set[str]:
 
 
 def test_a_bf16_checkpoint_is_loaded_and_measured_as_bf16(
-    tiny_lm_bf16: Path, tiny_lm_path: Path
+    tiny_lm_bf16_path: Path, tiny_lm_path: Path
 ) -> None:
     import torch
 
-    assert _header_dtypes(tiny_lm_bf16) == {"BF16"}
-    assert loading.checkpoint_dtype(tiny_lm_bf16) == "bfloat16"
+    assert _header_dtypes(tiny_lm_bf16_path) == {"BF16"}
+    assert loading.checkpoint_dtype(tiny_lm_bf16_path) == "bfloat16"
     assert loading.checkpoint_dtype(tiny_lm_path) == "float32"
-    model = modeling.load_original(tiny_lm_bf16, Task.CAUSAL_LM)
+    model = modeling.load_original(tiny_lm_bf16_path, Task.CAUSAL_LM)
     try:
         module = model.module  # type: ignore[attr-defined]
         assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
         # the model holds bf16 weights only: no second full-precision copy
         held = sum(p.numel() * p.element_size() for p in module.parameters())
-        assert held == sum(loading.safetensors_dtypes(tiny_lm_bf16).values())
+        assert held == sum(loading.safetensors_dtypes(tiny_lm_bf16_path).values())
         ids = np.array([[1, 5, 9, 13]], dtype=np.int64)
         out = output_on_device(model, ids, np.ones_like(ids))
         assert out.dtype == torch.bfloat16  # computed in the checkpoint's dtype
@@ -85,10 +67,10 @@ def test_a_bf16_checkpoint_is_loaded_and_measured_as_bf16(
 
 
 def test_the_header_dtype_wins_over_a_config_that_says_otherwise(
-    tiny_lm_bf16: Path, tmp_path: Path
+    tiny_lm_bf16_path: Path, tmp_path: Path
 ) -> None:
     copy = tmp_path / "mislabelled"
-    shutil.copytree(tiny_lm_bf16, copy)
+    shutil.copytree(tiny_lm_bf16_path, copy)
     config = json.loads((copy / "config.json").read_text())
     config["dtype"] = "float32"
     (copy / "config.json").write_text(json.dumps(config))
@@ -203,13 +185,16 @@ def test_the_evaluation_token_budget_cuts_later_texts(tiny_lm_path: Path) -> Non
 
 
 def test_a_run_on_a_bf16_checkpoint_reports_its_dtype_and_fit(
-    tiny_lm_bf16: Path, tmp_path: Path, engine_env: EngineEnv, capsys: pytest.CaptureFixture[str]
+    tiny_lm_bf16_path: Path,
+    tmp_path: Path,
+    engine_env: EngineEnv,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     results = tmp_path / "results.json"
     manifest = write_manifest(
         tmp_path / "m.yaml",
         {
-            "model": {"uri": f"file://{tiny_lm_bf16}"},
+            "model": {"uri": f"file://{tiny_lm_bf16_path}"},
             "method": "torchao-int8-weight",
             "evaluation": {"samples": 8, "maxTokens": 200},
             "calibration": {"sequenceLength": 64},
@@ -221,7 +206,7 @@ def test_a_run_on_a_bf16_checkpoint_reports_its_dtype_and_fit(
     result = json.loads(results.read_text())["result"]
     assert result["baselineDtype"] == "bfloat16"
     fit = result["plan"]["fit"]
-    weights = sum(loading.safetensors_dtypes(tiny_lm_bf16).values())
+    weights = sum(loading.safetensors_dtypes(tiny_lm_bf16_path).values())
     assert fit["needsBytes"] > weights and fit["summary"].startswith("needs ~")
     assert "memory: needs ~" in text  # said before the model loaded
     assert text.index("memory: needs ~") < text.index("loaded the original model")
