@@ -4,6 +4,7 @@ by the slack, and only inside its block."""
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import threading
@@ -119,3 +120,69 @@ def test_the_heap_trimmer_runs_only_inside_its_block() -> None:
     assert not trimmers()
     with heap.trimming_heap(poll_s=0):  # disabled
         assert not trimmers()
+
+
+# Run in a fresh interpreter, so oneMKL's buffer cache starts empty: GPTQ's kind of work
+# (Cholesky factorizations and inverses, fp32 matrix products) leaves oneMKL holding buffers
+# in malloc's heap. Prints the heap in use (MiB) at the start, after the work, after a bare
+# malloc_trim and after trim_heap.
+_MKL_WORK = """
+import json, platform
+import torch
+from optimizer_job import heap
+
+def used():
+    return heap._mallinfo2()().uordblks / (1 << 20)
+
+torch.set_num_threads(2)
+start = used()
+for n in (256, 512, 1024, 2048):
+    a = torch.randn(n, n)
+    h = a @ a.T + n * torch.eye(n)
+    factor = torch.linalg.cholesky(h)
+    inverse = torch.cholesky_inverse(factor)
+    del a, h, factor, inverse
+worked = used()
+heap._malloc_trim()(0)
+malloc_trimmed = used()
+heap.trim_heap()
+print(json.dumps([start, worked, malloc_trimmed, used(), heap._mkl_free_buffers() is not None]))
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.machine() != "x86_64",
+    reason="torch links oneMKL in on x86-64 Linux",
+)
+def test_trimming_the_heap_frees_what_onemkl_keeps_for_reuse() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _MKL_WORK],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[3],
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    start, worked, malloc_trimmed, trimmed, found = json.loads(done.stdout.splitlines()[-1])
+    assert found, "oneMKL's mkl_free_buffers was not found in libtorch_cpu"
+    # oneMKL holds its buffers as memory in use: malloc_trim alone cannot return them
+    assert worked - start > 4, f"the work left no oneMKL buffers ({worked - start:.1f} MiB)"
+    assert malloc_trimmed - start > 4
+    assert trimmed - start < 1, f"{trimmed - start:.1f} MiB still in use after trim_heap"
+
+
+def test_without_torch_loaded_onemkl_is_looked_up_later() -> None:
+    code = (
+        "import sys; from optimizer_job import heap; heap.trim_heap(); "
+        "assert heap._mkl_free == [] and 'torch' not in sys.modules; print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[3],
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
