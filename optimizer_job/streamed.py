@@ -18,13 +18,17 @@ model class comes from the config through the task's Auto class, ``config.name_o
 names the directory and ``generation_config.json`` is attached. A checkpoint this cannot
 stream (no safetensors index or single file, ``.bin`` weights, a model that ships its own
 code, a model class transformers does not map) is loaded from its path as before.
+
+A caller may name tensors to serve from a memory map instead (``mapped``): ones the load
+keeps as they are stored, which a forward reads only in part. An embedding table mapped
+costs the rows a forward touches; read, all of it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,7 +71,11 @@ def shard_files(model_dir: Path) -> list[Path] | None:
 
 
 @contextmanager
-def _opened(files: list[Path]) -> Iterator[LazyStateDict]:
+def _opened(
+    files: list[Path], mapped: Callable[[str], bool] | None = None
+) -> Iterator[LazyStateDict]:
+    """The shards' tensors as slices read with ``pread``; those ``mapped`` names are served
+    from a memory map of the same file instead (transformers keeps them as views into it)."""
     from safetensors import safe_open
 
     handles: list[Any] = []
@@ -76,8 +84,14 @@ def _opened(files: list[Path]) -> Iterator[LazyStateDict]:
         for path in files:
             handle: Any = safe_open(str(path), framework="pt", device="cpu", backend="pread")
             handles.append(handle)
-            for key in handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
-                state[key] = handle.get_slice(key)
+            names = list(handle.keys())
+            keep = {n for n in names if mapped is not None and mapped(n)}
+            view: Any = None
+            if keep:
+                view = safe_open(str(path), framework="pt", device="cpu")
+                handles.append(view)
+            for key in names:
+                state[key] = (view if key in keep else handle).get_slice(key)
         yield state
     finally:
         for handle in handles:
@@ -100,7 +114,12 @@ def _streamable(model_dir: Path) -> list[Path] | None:
 
 
 def load_streamed(
-    task: Task | str, model_dir: Path, *, trust_remote_code: bool, **kwargs: Any
+    task: Task | str,
+    model_dir: Path,
+    *,
+    trust_remote_code: bool,
+    mapped: Callable[[str], bool] | None = None,
+    **kwargs: Any,
 ) -> Any:
     """``auto_class(task).from_pretrained(model_dir, **kwargs)`` for a model the method will
     transform: quantized while it loads (``kwargs`` carry a ``quantization_config``) or
@@ -121,7 +140,7 @@ def load_streamed(
                 str(model_dir), trust_remote_code=trust_remote_code, **kwargs
             )
         assert files is not None
-        with _opened(files) as state:
+        with _opened(files, mapped) as state:
             model = cls.from_pretrained(None, config=config, state_dict=state, **kwargs)
         # What a path load records: libraries that look for the model's files (llm-compressor
         # reads the processor from it) find them instead of asking the Hub for "".

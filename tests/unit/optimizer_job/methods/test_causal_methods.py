@@ -111,3 +111,22 @@ def test_a_gptq_artifact_is_evaluated_decompressed_with_the_logits_users_get(
     ids = torch.tensor([[1, 5, 9, 13, 2, 7, 11]])
     with torch.inference_mode():
         assert torch.equal(module(ids).logits, plain(ids).logits)
+
+    # What it leaves unquantized stays in the artifact's files, mapped, as transformers' own
+    # load from a path keeps it (a forward touches a few rows of the embedding table); the
+    # decompressed weights are the process' own memory.
+    shards = {str(p.resolve()) for p in built.out_dir.glob("*.safetensors")}
+    assert _mapped_file(module.get_input_embeddings().weight) in shards
+    assert _mapped_file(module.get_output_embeddings().weight) in shards
+    assert _mapped_file(dense) is None
+
+
+def _mapped_file(tensor: Any) -> str | None:
+    """The file whose mapping holds ``tensor``'s data in this process, or None."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) == 6 and fields[5].startswith("/") else None
+    return None
