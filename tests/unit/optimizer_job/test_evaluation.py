@@ -76,6 +76,19 @@ def test_non_finite_outputs_fail_even_without_a_gate() -> None:
     assert gate_verdict(None, None)[0] == GateVerdict.FAILED  # artifact did not reload
 
 
+def test_a_non_finite_value_in_any_chunk_of_positions_is_seen() -> None:
+    ids = np.zeros((2, 10), dtype=np.int64)
+    mask = np.ones((2, 10), dtype=np.int64)
+    logits = np.zeros((2, 10, 4), np.float32)
+    logits[1, 9, 3] = np.inf  # the last position of the second row: the last chunk
+    out = Outputs(Task.CAUSAL_LM)
+    _collect(out, logits, ids, mask, budget_bytes=2 * 4 * 4 * 2 * 3)  # 3 positions a chunk
+    assert out.finite is False
+    clean = Outputs(Task.CAUSAL_LM)
+    _collect(clean, np.zeros_like(logits), ids, mask, budget_bytes=2 * 4 * 4 * 2 * 3)
+    assert clean.finite is True and clean.count == 18
+
+
 def test_gate_verdicts() -> None:
     gate = QualityGate(max_perplexity_increase_percent=5, min_top1_agreement=0.9)
     ok = Comparison(top1_agreement=0.95, perplexity_increase_percent=4.9)

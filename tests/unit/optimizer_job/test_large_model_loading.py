@@ -133,7 +133,7 @@ def test_the_host_logits_budget_shrinks_with_the_model(tiny_lm_path: Path) -> No
 
     mb = 1024 * 1024
     assert logits_budget("cpu") == LOGITS_BUDGET_BYTES
-    assert logits_budget("cpu", 200 * mb) == 25 * mb
+    assert logits_budget("cpu", 400 * mb) == 25 * mb  # a 16th of the model
     assert logits_budget("cpu", 10 * mb) == MIN_LOGITS_BUDGET_BYTES
     assert logits_budget("cpu", 70 * 1024 * mb) == LOGITS_BUDGET_BYTES
     texts = split_corpus()[1][:12]
@@ -143,7 +143,7 @@ def test_the_host_logits_budget_shrinks_with_the_model(tiny_lm_path: Path) -> No
         tokenizer, texts, 64, vocab, Task.CAUSAL_LM, budget_bytes=MIN_LOGITS_BUDGET_BYTES
     )
     roomy = encode(tokenizer, texts, 64, vocab, Task.CAUSAL_LM)
-    assert {b[0].shape[0] for b in narrow.batches} == {2}
+    assert {b[0].shape[0] for b in narrow.batches} == {1}
     assert narrow.budget_bytes == MIN_LOGITS_BUDGET_BYTES
     assert max(b[0].shape[0] for b in roomy.batches) == 8
 
