@@ -2,8 +2,9 @@
 
 The 0.1B synthetic Llama checkpoint (212 MB of bf16 safetensors, built once and cached:
 :mod:`tests.performance.synthetic`) goes through ``python -m optimizer_job run -f manifest``
-in a subprocess with torchao-int8-weight. The parent samples the child's VmHWM/VmRSS as the
-growth benchmark does, and subtracts the VmHWM of a process
+in a subprocess, with torchao-int8-weight (quantized while loading) and with gptq
+(calibrated offloaded to disk, then evaluated decompressed on the host). The parent samples
+the child's VmHWM/VmRSS as the growth benchmark does, and subtracts the VmHWM of a process
 that only makes the engine's imports for the method. What is left is what the run itself
 needed: the model, evaluation's buffers and the quantization. Its anonymous memory must stay
 under ``ANON_BOUND`` and its whole RSS under ``RSS_BOUND`` times the checkpoint's bytes (why
@@ -19,7 +20,9 @@ from tests.performance.synthetic import build_synthetic, checkpoint_bytes
 
 pytestmark = pytest.mark.slow
 
-METHOD = "torchao-int8-weight"  # the fastest method: the whole test stays within CI's time
+# The fastest method (about 25 s), and the one whose peak is the artifact's evaluation (about
+# 35 s at 0.1B: the weights decompressed to bf16, 1.0x, beside what calibration left behind).
+METHODS = ("torchao-int8-weight", "gptq")
 # Issue #10's goal: the run's peak memory above its imports <= 1.3x the checkpoint's bytes.
 GOAL = 1.3
 # The import baseline and the run are two processes whose import footprints differ by up to
@@ -39,14 +42,15 @@ ANON_BOUND = GOAL + NOISE
 RSS_BOUND = 1.6
 
 
-def test_cli_peak_memory_of_a_0_1b_model_is_bounded_by_its_bytes() -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_peak_memory_of_a_0_1b_model_is_bounded_by_its_bytes(method: str) -> None:
     model = build_synthetic("0.1b")
     size = checkpoint_bytes(model)
     assert size > 200e6  # the weights, not the libraries, dominate the run
 
-    baseline = engine_import_baseline(model, METHOD, "cpu", None)
+    baseline = engine_import_baseline(model, method, "cpu", None)
     assert baseline.returncode == 0, baseline.tail()
-    run = run_engine(model, METHOD, "cpu", timeout=600, engine_source=None)
+    run = run_engine(model, method, "cpu", timeout=600, engine_source=None)
     assert "error" not in run, run["error"]
     assert run["exit_code"] == 0
     assert run["optimized_size_bytes"] and run["optimized_size_bytes"] < size
