@@ -61,15 +61,20 @@ print(json.dumps((hwm() - start) / MIB))
 """
 
 
-def _pile_peak(mode: str) -> float:
-    done = subprocess.run(
-        [sys.executable, "-c", _PILE, mode],
+def _python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a fresh interpreter from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         cwd=Path(__file__).resolve().parents[3],
         check=False,
     )
+
+
+def _pile_peak(mode: str) -> float:
+    done = _python(_PILE, mode)
     assert done.returncode == 0, done.stderr
     peak: float = json.loads(done.stdout.strip().splitlines()[-1])
     return peak
@@ -155,14 +160,7 @@ print(json.dumps([start, worked, malloc_trimmed, used(), heap._mkl_free_buffers(
     reason="torch links oneMKL in on x86-64 Linux",
 )
 def test_trimming_the_heap_frees_what_onemkl_keeps_for_reuse() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _MKL_WORK],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[3],
-        check=False,
-    )
+    done = _python(_MKL_WORK, timeout=300)
     assert done.returncode == 0, done.stderr
     start, worked, malloc_trimmed, trimmed, found = json.loads(done.stdout.splitlines()[-1])
     assert found, "oneMKL's mkl_free_buffers was not found in libtorch_cpu"
@@ -177,12 +175,5 @@ def test_without_torch_loaded_onemkl_is_looked_up_later() -> None:
         "import sys; from optimizer_job import heap; heap.trim_heap(); "
         "assert heap._mkl_free == [] and 'torch' not in sys.modules; print('ok')"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[3],
-        check=False,
-    )
+    done = _python(code)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
