@@ -286,12 +286,11 @@ def _collect(
         # Checked a chunk of positions at a time: a mask of the whole output would be half
         # the size of bf16 logits again.
         step = _chunk_rows(raw.shape[0], raw.shape[-1], budget_bytes)
-        if raw.dim() < 3:
-            out.finite = out.finite and bool(torch.isfinite(raw).all())
-        for start in range(0, raw.shape[1] if raw.dim() >= 3 else 0, step):
-            if not out.finite:
-                break
-            out.finite = bool(torch.isfinite(raw[:, start : start + step]).all())
+        parts = (
+            [raw[:, s : s + step] for s in range(0, raw.shape[1], step)] if raw.dim() > 2 else [raw]
+        )
+        if not all(bool(torch.isfinite(p).all()) for p in parts):
+            out.finite = False
         device = raw.device
         mask_t = torch.as_tensor(mask, device=device)
         if out.task == Task.FEATURE_EXTRACTION:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ from optimizer_job.loading import auto_class, remote_code, weights_size
 log = logging.getLogger(__name__)
 
 SINGLE_FILE = "model.safetensors"
+# Given every tensor name of a checkpoint, the names to serve from a memory map.
+Mapped = Callable[[list[str]], Collection[str]]
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -71,23 +73,24 @@ def shard_files(model_dir: Path) -> list[Path] | None:
 
 
 @contextmanager
-def _opened(
-    files: list[Path], mapped: Callable[[str], bool] | None = None
-) -> Iterator[LazyStateDict]:
-    """The shards' tensors as slices read with ``pread``; those ``mapped`` names are served
-    from a memory map of the same file instead (transformers keeps them as views into it)."""
+def _opened(files: list[Path], mapped: Mapped | None = None) -> Iterator[LazyStateDict]:
+    """The shards' tensors as slices read with ``pread``; the names ``mapped`` picks (given
+    every name) are served from a memory map of their file instead, which transformers keeps
+    them as views into."""
     from safetensors import safe_open
 
     handles: list[Any] = []
     try:
-        state = LazyStateDict()
+        opened: list[tuple[Path, Any, list[str]]] = []
         for path in files:
             handle: Any = safe_open(str(path), framework="pt", device="cpu", backend="pread")
             handles.append(handle)
-            names = list(handle.keys())
-            keep = {n for n in names if mapped is not None and mapped(n)}
+            opened.append((path, handle, list(handle.keys())))
+        keep = set(mapped([n for _, _, names in opened for n in names])) if mapped else set()
+        state = LazyStateDict()
+        for path, handle, names in opened:
             view: Any = None
-            if keep:
+            if keep.intersection(names):
                 view = safe_open(str(path), framework="pt", device="cpu")
                 handles.append(view)
             for key in names:
@@ -118,7 +121,7 @@ def load_streamed(
     model_dir: Path,
     *,
     trust_remote_code: bool,
-    mapped: Callable[[str], bool] | None = None,
+    mapped: Mapped | None = None,
     **kwargs: Any,
 ) -> Any:
     """``auto_class(task).from_pretrained(model_dir, **kwargs)`` for a model the method will

@@ -306,29 +306,21 @@ def _load_decompressed(task: str, artifact_dir: Path) -> Any:
     whole was 0.23x of the 0.1B checkpoint."""
     from transformers.utils.quantization_config import CompressedTensorsConfig
 
-    packed = _packed_modules(artifact_dir)
     return load_streamed(
         task,
         artifact_dir,
         trust_remote_code=False,
-        mapped=lambda name: name.rpartition(".")[0] not in packed,
+        mapped=unpacked,
         device_map="cpu",
         quantization_config=CompressedTensorsConfig(run_compressed=False),
     )
 
 
-def _packed_modules(artifact_dir: Path) -> set[str]:
-    """The modules whose weights the artifact stores packed (``<module>.weight_packed``)."""
-    from optimizer_job.loading import read_safetensors_header
-
-    names: set[str] = set()
-    for path in shard_files(artifact_dir) or []:
-        found = read_safetensors_header(path)
-        for key in found[1] if found is not None else ():
-            module, _, leaf = key.rpartition(".")
-            if leaf == "weight_packed":
-                names.add(module)
-    return names
+def unpacked(names: list[str]) -> set[str]:
+    """The tensors of a compressed-tensors checkpoint that belong to no module stored packed
+    (``<module>.weight_packed``): the embeddings, the LM head, the norms."""
+    packed = {n.rpartition(".")[0] for n in names if n.endswith(".weight_packed")}
+    return {n for n in names if n.rpartition(".")[0] not in packed}
 
 
 def _weight_scheme(bits: int, group_size: int, symmetric: bool, actorder: str | None = None) -> Any:

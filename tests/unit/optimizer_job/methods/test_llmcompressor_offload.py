@@ -12,7 +12,7 @@ import pytest
 from kubequant_api.constants import Task
 from kubequant_api.models import METHOD_PARAMS
 from optimizer_job.methods.base import QuantizeRequest, get_method
-from optimizer_job.methods.llmcompressor_methods import load_offloaded, save_shard_bytes
+from optimizer_job.methods.llmcompressor_methods import load_offloaded, save_shard_bytes, unpacked
 
 from .conftest import CALIBRATION_SAMPLES_PER_METHOD, LM_MAX_LENGTH
 
@@ -113,3 +113,21 @@ def test_the_artifact_shards_scale_with_the_checkpoint() -> None:
     assert save_shard_bytes(200 * mib) == 32 * mib
     assert save_shard_bytes(16 * gib) == gib
     assert save_shard_bytes(140 * gib) == 5 * gib
+
+
+def test_what_the_decompressing_reload_keeps_mapped_is_what_is_not_packed() -> None:
+    names = [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight_packed",
+        "model.layers.0.self_attn.q_proj.weight_scale",
+        "model.layers.0.self_attn.q_proj.weight_shape",
+        "model.layers.0.input_layernorm.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
+    assert unpacked(names) == {
+        "model.embed_tokens.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    }
